@@ -5,6 +5,7 @@ One command on a CUDA machine:
     python benchmarks/bench_kernels.py                    # check, then time L = 2^10 .. 2^22
     python benchmarks/bench_kernels.py --quick            # L = 2^10, 2^16, 2^20, bf16 only
     python benchmarks/bench_kernels.py --tune bf16        # also time the scan's tile alternatives
+    python benchmarks/bench_kernels.py --segments 512x20  # also time forced length segmentations
 
 1. Measures a plain device-to-device copy (bytes read + written per second): the memory ceiling.
 2. Checks the Triton selective scan on the GPU against the PyTorch reference and the float64 loop
@@ -156,14 +157,35 @@ SCAN_CHECKS = [
 ]
 
 
+@contextlib.contextmanager
+def forced_segments(n: int | None):
+    """Force the scan's length segmentation (None: its own choice), as MAMBA_DNA_SCAN_SEGMENTS does."""
+    old = os.environ.pop("MAMBA_DNA_SCAN_SEGMENTS", None)
+    if n is not None:
+        os.environ["MAMBA_DNA_SCAN_SEGMENTS"] = str(n)
+    try:
+        yield
+    finally:
+        os.environ.pop("MAMBA_DNA_SCAN_SEGMENTS", None)
+        if old is not None:
+            os.environ["MAMBA_DNA_SCAN_SEGMENTS"] = old
+
+
+# The same cases again with the length forcibly cut into segments (checks pass 1 + pass 2 on the GPU).
+SEGMENT_CHECKS = [(5, 1), (16, 1), (3, 2)]  # (segments, index into SCAN_CHECKS from the end)
+
+
 def check_scan(log: list[dict]) -> None:
     """The Triton scan against the float64 loop (short) and the fp32 reference (longer), on the GPU."""
     # Fast-math exp2/log2/rcp put fp32 near 1e-6; bf16 outputs and gradients round at 2^-9.
     tol = {torch.float32: 1e-4, torch.bfloat16: 1.5e-2, torch.float16: 3e-3}
-    for i, (b, d, n, L, dtype, groups, oracle) in enumerate(SCAN_CHECKS):
+    cases = [(None, i, c) for i, c in enumerate(SCAN_CHECKS)]
+    cases += [(seg, len(SCAN_CHECKS) - back, SCAN_CHECKS[-back]) for seg, back in SEGMENT_CHECKS]
+    for seg, i, (b, d, n, L, dtype, groups, oracle) in cases:
         inp = scan_inputs(b, d, n, L, dtype, seed=100 + i, groups=groups)
         gy, gh = torch.randn(b, d, L, device=DEV).to(dtype), torch.randn(b, d, n, device=DEV)
-        got = scan_outputs(SST.selective_scan_triton, inp, gy, gh)
+        with forced_segments(seg):
+            got = scan_outputs(SST.selective_scan_triton, inp, gy, gh)
         if oracle == "loop":
             want = scan_outputs(K.selective_scan_loop, inp, gy, gh, cast=lambda v: v.double())
         else:
@@ -173,7 +195,7 @@ def check_scan(log: list[dict]) -> None:
         ok = all(e <= tol[dtype] for e in errs.values())
         name = (
             f"scan b={b} d={d} L={L} {str(dtype)[6:]}{' groups=' + str(groups) if groups else ''} vs {oracle}"
-        )
+        ) + (f" ({seg} segments)" if seg else "")
         log.append({"check": name, "ok": ok, "worst": worst, "errors": errs})
         print(f"  {'ok  ' if ok else 'FAIL'} {name}: worst {worst} {errs[worst]:.1e} (tol {tol[dtype]:g})")
 
@@ -329,6 +351,19 @@ def tune(dtypes: list[torch.dtype], log: list[dict]) -> None:
         log.append({"chosen": str(dtype)[6:], "tiles": SST.TILES[k]})
 
 
+def sweep_segments(spec: str, log: list[dict]) -> None:
+    """Time the scan with the length cut into 1, 2, 4, ... segments and with the built-in choice."""
+    for item in spec.split(","):
+        d, lg = (int(x) for x in item.split("x"))
+        for seg in (1, 2, 4, 8, 16, 32, None):
+            with forced_segments(seg):
+                row = {"segments": seg or "auto", "d": d, "log2L": lg}
+                row |= time_scan(SST.selective_scan_triton, 1, d, 16, 2**lg, torch.bfloat16)
+            log.append(row)
+            print("  " + json.dumps({k: round(v, 3) if isinstance(v, float) else v for k, v in row.items()}))
+            torch.cuda.empty_cache()
+
+
 def kernel_resources() -> dict:
     """Registers and spills of every compiled variant of the scan kernels (when Triton exposes them)."""
     out = {}
@@ -352,6 +387,11 @@ def main() -> None:
     ap.add_argument(
         "--tune", default="", help="dtypes (e.g. bf16) whose scan tile alternatives to time first"
     )
+    ap.add_argument(
+        "--segments",
+        default="",
+        help="DxLOG2L list (e.g. 1536x20,512x20): time bf16 scans at forced length segmentations first",
+    )
     ap.add_argument("--no-check", action="store_true", help="skip the correctness checks")
     ap.add_argument("--no-reference", action="store_true", help="skip timing the PyTorch reference")
     ap.add_argument("--out", default=os.environ.get("OUT", "bench_out"))
@@ -362,7 +402,7 @@ def main() -> None:
     out_dir.mkdir(parents=True, exist_ok=True)
     tee = Tee()
     sys.stdout = tee
-    res: dict[str, Any] = {"args": vars(args), "checks": [], "tune": [], "rows": []}
+    res: dict[str, Any] = {"args": vars(args), "checks": [], "tune": [], "segments": [], "rows": []}
     try:
         if not torch.cuda.is_available():
             raise SystemExit("bench_kernels.py needs a CUDA GPU")
@@ -378,6 +418,9 @@ def main() -> None:
             print("checks:")
             check_scan(res["checks"])
             check_peers(res["checks"])
+        if args.segments:
+            print("length segmentation (bf16; fwd and fwd+bwd ms):")
+            sweep_segments(args.segments, res["segments"])
         if args.tune:
             print(
                 f"tile alternatives at d = {TUNE_D}, L = {TUNE_L} (fwd: forward ms; bwd: forward+backward ms):"

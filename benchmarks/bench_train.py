@@ -136,12 +136,14 @@ def run_one(
 ) -> dict[str, Any]:
     """Measure without activation checkpointing first (auto), with it after an out-of-memory error."""
     modes = {"auto": [False, True], "on": [True], "off": [False]}[args.checkpointing]
+    # The reference scan keeps its per-chunk states for autograd: it needs far smaller micro-batches.
+    max_batch = args.max_batch_tokens if backend == "triton" else args.reference_max_batch_tokens
     last_error = ""
     for ckpt in modes:
         try:
             return measure(
                 name, length, fasta=args.fasta, tokens_per_step=args.tokens_per_step,
-                max_batch_tokens=args.max_batch_tokens, backend=backend, checkpointing=ckpt, info=info,
+                max_batch_tokens=max_batch, backend=backend, checkpointing=ckpt, info=info,
                 warmup=args.warmup, steps=args.steps,
             )  # fmt: skip
         except torch.OutOfMemoryError as e:
@@ -196,6 +198,9 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--checkpointing", choices=("auto", "on", "off"), default="auto")
     p.add_argument("--reference-max-log2", type=int, default=16, help="longest length for the reference path")
     p.add_argument(
+        "--reference-max-batch-tokens", type=int, default=2**16, help="micro-batch size of the reference path"
+    )
+    p.add_argument(
         "--backends",
         default="triton,reference",
         help="kernel paths to time (reference only up to the length above)",
@@ -219,10 +224,12 @@ def main(argv: list[str] | None = None) -> None:
     if info.device.type != "cuda":
         wanted = ["reference"]  # the Triton kernels need a GPU (or the interpreter, far too slow to time)
     rows = []
-    for name in args.presets.split(","):
-        for k in (int(x) for x in args.lengths.split(",")):
-            backends = [b for b in wanted if b == "triton" or k <= args.reference_max_log2]
-            for backend in backends:
+    # Backend outermost: the Triton rows are the headline and come first if a long run is cut short.
+    for backend in wanted:
+        for name in args.presets.split(","):
+            for k in (int(x) for x in args.lengths.split(",")):
+                if backend == "reference" and k > args.reference_max_log2:
+                    continue
                 r = run_one(args, name, 2**k, backend, info)
                 rows.append(r)
                 if info.is_main:
@@ -238,6 +245,8 @@ def main(argv: list[str] | None = None) -> None:
         "max_batch_tokens": args.max_batch_tokens,
     }
     print(f"# training throughput ({env['device']}, {info.world_size} process(es), torch {env['torch']})")
+    order = args.presets.split(",")
+    rows.sort(key=lambda r: (order.index(r["preset"]), r["length"], r["backend"] != "triton"))
     print(table(rows))
     for line in retention(rows):
         print(line)

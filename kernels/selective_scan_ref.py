@@ -19,7 +19,9 @@ import torch
 import torch.nn.functional as F
 from torch.utils.checkpoint import checkpoint
 
-DEFAULT_CHUNK = 256
+# 64: the (batch, d, chunk, n) temporaries of a chunk then stay in the CPU's caches. Tiny preset, batch 8 x
+# 1024 on 2 cores: 256 -> 64 took training from 2.8k to 6.0k bases/s and inference from 13k to 36k.
+DEFAULT_CHUNK = 64
 
 
 def _expand_groups(M: torch.Tensor, d: int) -> torch.Tensor:

@@ -123,18 +123,24 @@ def _scan_fwd_kernel(
     y_ptr,
     last_ptr,
     states_ptr,
+    hend_ptr,
+    dtsum_ptr,
     d,
     L,
     n,
     dpg,
     n_groups,
     n_chunks,
+    n_seg,
+    seg_chunks,
     HAS_D: tl.constexpr,
     HAS_Z: tl.constexpr,
     HAS_BIAS: tl.constexpr,
     SOFTPLUS: tl.constexpr,
     HAS_H0: tl.constexpr,
     SAVE_STATES: tl.constexpr,
+    SEGMENTED: tl.constexpr,
+    SUMMARY: tl.constexpr,
     FAST: tl.constexpr,
     K: tl.constexpr,
     P: tl.constexpr,
@@ -166,35 +172,60 @@ def _scan_fwd_kernel(
     row = (bidx * d + ch) * L + zero_l  # (b, c, 0) in u / delta / z / y, broadcast over state lanes
     bc_row = (pid_bg * n + st) * L + zero_c  # (b, group, state, 0) in B / C, broadcast over channels
     state_off = ch * n + st  # (c, state) inside one (d, n) slab
-    if HAS_H0:
-        h = tl.load(h0_ptr + bidx * d * n + state_off, mask=csmask, other=0.0).to(tl.float32)
+    # This program's segment of the length: chunks [k_lo, k_hi). int32, as the backward explains.
+    pid_s = tl.program_id(2)
+    if SEGMENTED:
+        k_lo = pid_s * seg_chunks
+        k_hi = tl.minimum(k_lo + seg_chunks, n_chunks)
     else:
+        k_lo = 0
+        k_hi = n_chunks
+    seg_row = bidx * n_seg  # (b, segment 0) in the per-segment summaries
+    if SUMMARY:
+        # Pass 1 of a segmented scan: the segment's own end state from a zero start, and sum(dt), so
+        # the segment maps h -> exp(A sum(dt)) h + h_end (A is constant along the length).
         h = tl.zeros((1, NL, BD, S), dtype=tl.float32)
+        dt_sum = tl.zeros((1, NL, BD, 1), dtype=tl.float32)
+    else:
+        if HAS_H0:
+            h = tl.load(h0_ptr + bidx * d * n + state_off, mask=csmask, other=0.0).to(tl.float32)
+        else:
+            h = tl.zeros((1, NL, BD, S), dtype=tl.float32)
+        if SEGMENTED:
+            # Pass 2: compose the summaries of the segments before this one.
+            for j in range(0, pid_s):
+                ds = tl.load(dtsum_ptr + (seg_row + j) * d + ch + zero_l, mask=cmask, other=0.0)
+                he = tl.load(hend_ptr + (seg_row + j) * d * n + state_off, mask=csmask, other=0.0)
+                h = tl.exp2(ds * A2) * h + he
 
     # Software pipelining by hand: the raw tiles of chunk k + 1 are loaded before chunk k is computed,
     # so a chunk's loads are in flight during the previous chunk's arithmetic (without this each chunk
     # waited out a full memory latency: 38.6 -> 28.5 ms at 2^20).
-    m_n = cmask & (t < L)
-    u_n = tl.load(u_ptr + row + t, mask=m_n, other=0.0)
-    d_n = tl.load(delta_ptr + row + t, mask=m_n, other=0.0)
-    if HAS_Z:
-        z_n = tl.load(z_ptr + row + t, mask=m_n, other=0.0)
-    B_n = tl.load(B_ptr + bc_row + t, mask=csmask & (t < L), other=0.0)
-    C_n = tl.load(C_ptr + bc_row + t, mask=csmask & (t < L), other=0.0)
-    for k in range(0, n_chunks):
+    t0 = k_lo * T + t
+    m_n = cmask & (t0 < L)
+    u_n = tl.load(u_ptr + row + t0, mask=m_n, other=0.0)
+    d_n = tl.load(delta_ptr + row + t0, mask=m_n, other=0.0)
+    if HAS_Z and not SUMMARY:
+        z_n = tl.load(z_ptr + row + t0, mask=m_n, other=0.0)
+    B_n = tl.load(B_ptr + bc_row + t0, mask=csmask & (t0 < L), other=0.0)
+    if not SUMMARY:
+        C_n = tl.load(C_ptr + bc_row + t0, mask=csmask & (t0 < L), other=0.0)
+    for k in range(k_lo, k_hi):
         if SAVE_STATES:
             tl.store(states_ptr + (bidx * n_chunks + k) * d * n + state_off, h, mask=csmask)
         tt = k * T + t
         m = cmask & (tt < L)
-        u_c, d_c, B_c, C_c = u_n, d_n, B_n, C_n
+        u_c, d_c, B_c = u_n, d_n, B_n
         nxt = tt + T < L
         u_n = tl.load(u_ptr + row + tt + T, mask=cmask & nxt, other=0.0)
         d_n = tl.load(delta_ptr + row + tt + T, mask=cmask & nxt, other=0.0)
         B_n = tl.load(B_ptr + bc_row + tt + T, mask=csmask & nxt, other=0.0)
-        C_n = tl.load(C_ptr + bc_row + tt + T, mask=csmask & nxt, other=0.0)
-        if HAS_Z:
-            z_c = z_n
-            z_n = tl.load(z_ptr + row + tt + T, mask=cmask & nxt, other=0.0)
+        if not SUMMARY:
+            C_c = C_n
+            C_n = tl.load(C_ptr + bc_row + tt + T, mask=csmask & nxt, other=0.0)
+            if HAS_Z:
+                z_c = z_n
+                z_n = tl.load(z_ptr + row + tt + T, mask=cmask & nxt, other=0.0)
         u = u_c.to(tl.float32)
         dt = d_c.to(tl.float32)
         if HAS_BIAS:
@@ -204,21 +235,32 @@ def _scan_fwd_kernel(
         # Positions past the end get dt = 0: decay 1 and input 0, so the state passes through them.
         dt = tl.where(m, dt, 0.0)
         Bt = B_c.to(tl.float32)
-        Ct = C_c.to(tl.float32)
         dA = tl.exp2(dt * A2)
         x = (dt * u) * Bt
         x = tl.where(t == 0, dA * h + x, x)  # fold the entering state into the first step
         _, hs = tl.associative_scan((dA, x), 0, _affine_combine)
         h = tl.sum(tl.where(t == T - 1, hs, 0.0), axis=0, keep_dims=True)
-        y = tl.sum(tl.sum(hs * Ct, axis=3, keep_dims=True), axis=1, keep_dims=True)
-        if HAS_D:
-            y += Dv * u
-        if HAS_Z:
-            zz = z_c.to(tl.float32)
-            y *= zz * _sigmoid(zz, FAST)
-        tl.store(y_ptr + row + tt, y.to(y_ptr.dtype.element_ty), mask=m & lane0)
+        if SUMMARY:
+            dt_sum += tl.sum(dt, axis=0, keep_dims=True)
+        else:
+            Ct = C_c.to(tl.float32)
+            y = tl.sum(tl.sum(hs * Ct, axis=3, keep_dims=True), axis=1, keep_dims=True)
+            if HAS_D:
+                y += Dv * u
+            if HAS_Z:
+                zz = z_c.to(tl.float32)
+                y *= zz * _sigmoid(zz, FAST)
+            tl.store(y_ptr + row + tt, y.to(y_ptr.dtype.element_ty), mask=m & lane0)
 
-    tl.store(last_ptr + bidx * d * n + state_off, h, mask=csmask)
+    if SUMMARY:
+        tl.store(hend_ptr + (seg_row + pid_s) * d * n + state_off, h, mask=csmask)
+        tl.store(dtsum_ptr + (seg_row + pid_s) * d + ch + zero_l, dt_sum, mask=cmask & lane0)
+    else:
+        if SEGMENTED:
+            if pid_s == n_seg - 1:
+                tl.store(last_ptr + bidx * d * n + state_off, h, mask=csmask)
+        else:
+            tl.store(last_ptr + bidx * d * n + state_off, h, mask=csmask)
 
 
 @triton.jit
@@ -243,17 +285,24 @@ def _scan_bwd_kernel(
     dD_ptr,
     dbias_ptr,
     dh0_ptr,
+    mend_ptr,
+    dtsum_ptr,
     d,
     L,
     n,
     dpg,
     n_groups,
     n_chunks,
+    n_seg,
+    seg_chunks,
+    seg0,
     HAS_D: tl.constexpr,
     HAS_Z: tl.constexpr,
     HAS_BIAS: tl.constexpr,
     SOFTPLUS: tl.constexpr,
     HAS_DLAST: tl.constexpr,
+    SEGMENTED: tl.constexpr,
+    SUMMARY: tl.constexpr,
     FAST: tl.constexpr,
     K: tl.constexpr,
     P: tl.constexpr,
@@ -291,24 +340,52 @@ def _scan_bwd_kernel(
     bc_row1 = (pid_bg * n + st) * L  # (1, NL, 1, S): dB / dC rows, one atomic per (state, position)
     state_off = ch * n + st
 
+    # This program's segment: chunks [k_lo, k_hi), walked in reverse. The chunk index stays int32 (the
+    # positions derived from it are < L; offsets become int64 where they meet `row`): an int64 index made
+    # every position tile int64 and doubled the spills. Unsegmented launches compile the loop exactly as
+    # before segments existed (SEGMENTED=False): runtime bounds alone cost 60 more bytes of spills.
+    pid_s = tl.program_id(2) + seg0
+    if SEGMENTED:
+        k_lo = pid_s * seg_chunks
+        k_hi = tl.minimum(k_lo + seg_chunks, n_chunks)
+    else:
+        k_lo = 0
+        k_hi = n_chunks
+    seg_row = bidx * n_seg
     # mu = exp(dt_t0 A) lambda_t0 of the chunk after the current one: what flows into the last
     # position of the current chunk. For the last chunk it is dL/d(last state).
-    if HAS_DLAST:
-        mu = tl.load(dlast_ptr + bidx * d * n + state_off, mask=csmask, other=0.0).to(tl.float32)
-    else:
+    if SUMMARY:
+        # Pass 1 of a segmented backward: the mu the segment passes to the one before it when nothing
+        # flows in, and sum(dt); the segment maps mu -> exp(A sum(dt)) mu + mu_end.
         mu = tl.zeros((1, NL, BD, S), dtype=tl.float32)
+        dt_sum = tl.zeros((1, NL, BD, 1), dtype=tl.float32)
+    else:
+        if HAS_DLAST:
+            mu = tl.load(dlast_ptr + bidx * d * n + state_off, mask=csmask, other=0.0).to(tl.float32)
+        else:
+            mu = tl.zeros((1, NL, BD, S), dtype=tl.float32)
+        if SEGMENTED:
+            # Pass 2: compose the summaries of the segments after this one, last first.
+            for jj in range(0, n_seg - 1 - pid_s):
+                j = n_seg - 1 - jj
+                ds = tl.load(dtsum_ptr + (seg_row + j) * d + ch + zero_l, mask=cmask, other=0.0)
+                me = tl.load(mend_ptr + (seg_row + j) * d * n + state_off, mask=csmask, other=0.0)
+                mu = tl.exp2(ds * A2) * mu + me
     # Sums over time, kept per lane (P rows) and added up across lanes once at the end.
     dA_acc = tl.zeros((P, NL, BD, S), dtype=tl.float32)
     dD_acc = tl.zeros((P, NL, BD, 1), dtype=tl.float32)
     dbias_acc = tl.zeros((P, NL, BD, 1), dtype=tl.float32)
 
-    for kk in range(0, n_chunks):
-        k = n_chunks - 1 - kk
+    for kk in range(0, k_hi - k_lo):
+        k = k_hi - 1 - kk
         tt = k * T + t
         tmask = tt < L
         m = cmask & tmask
         m1 = cmask & (tt + 1 < L)
-        u = tl.load(u_ptr + row + tt, mask=m, other=0.0).to(tl.float32)
+        # Statement order as in the unsegmented kernel: moving the loads changed ptxas's register
+        # allocation (spills 182 -> 208-428 bytes, forward+backward 237 -> 276 ms at 2^20).
+        if not SUMMARY:
+            u = tl.load(u_ptr + row + tt, mask=m, other=0.0).to(tl.float32)
         draw = tl.load(delta_ptr + row + tt, mask=m, other=0.0).to(tl.float32)
         draw1 = tl.load(delta_ptr + row + tt + 1, mask=m1, other=0.0).to(tl.float32)
         if HAS_BIAS:
@@ -322,33 +399,46 @@ def _scan_bwd_kernel(
             dt1 = draw1
         dt = tl.where(m, dt, 0.0)
         dt1 = tl.where(m1, dt1, 0.0)  # decay 1 past the end: lambda there is the carried mu
-        Bt = tl.load(B_ptr + bc_row + tt, mask=csmask & tmask, other=0.0).to(tl.float32)
-        Ct = tl.load(C_ptr + bc_row + tt, mask=csmask & tmask, other=0.0).to(tl.float32)
-        dA = tl.exp2(dt * A2)
-        dtu = dt * u
-        x = dtu * Bt
-
-        # Recompute the chunk's states from the saved entering state.
-        h_in = tl.load(states_ptr + (bidx * n_chunks + k) * d * n + state_off, mask=csmask, other=0.0)
-        _, h = tl.associative_scan((dA, tl.where(t == 0, dA * h_in + x, x)), 0, _affine_combine)
-
-        dout = tl.load(dout_ptr + row + tt, mask=m, other=0.0).to(tl.float32)
-        if HAS_Z:
-            zz = tl.load(z_ptr + row + tt, mask=m, other=0.0).to(tl.float32)
-            sz = _sigmoid(zz, FAST)
-            y = tl.sum(tl.sum(h * Ct, axis=3, keep_dims=True), axis=1, keep_dims=True)
-            if HAS_D:
-                y += Dv * u
-            dz = dout * y * sz * (1.0 + zz * (1.0 - sz))
-            tl.store(dz_ptr + row + tt, dz.to(dz_ptr.dtype.element_ty), mask=m & lane0)
-            g = dout * zz * sz
+        if SUMMARY:
+            dA = tl.exp2(dt * A2)
+            dt_sum += tl.sum(dt, axis=0, keep_dims=True)
+            dout = tl.load(dout_ptr + row + tt, mask=m, other=0.0).to(tl.float32)
+            if HAS_Z:
+                zz = tl.load(z_ptr + row + tt, mask=m, other=0.0).to(tl.float32)
+                g = dout * zz * _sigmoid(zz, FAST)
+            else:
+                g = dout
         else:
-            g = dout
+            Bt = tl.load(B_ptr + bc_row + tt, mask=csmask & tmask, other=0.0).to(tl.float32)
+            Ct = tl.load(C_ptr + bc_row + tt, mask=csmask & tmask, other=0.0).to(tl.float32)
+            dA = tl.exp2(dt * A2)
+            dtu = dt * u
+            x = dtu * Bt
 
-        # dC_t = sum_c g h_t over this program's channels, added to the fp32 buffer with atomics.
-        tl.atomic_add(
-            dC_ptr + bc_row1 + tt, tl.sum(g * h, axis=2, keep_dims=True), mask=smask & tmask, sem="relaxed"
-        )
+            # Recompute the chunk's states from the saved entering state.
+            h_in = tl.load(states_ptr + (bidx * n_chunks + k) * d * n + state_off, mask=csmask, other=0.0)
+            _, h = tl.associative_scan((dA, tl.where(t == 0, dA * h_in + x, x)), 0, _affine_combine)
+
+            dout = tl.load(dout_ptr + row + tt, mask=m, other=0.0).to(tl.float32)
+            if HAS_Z:
+                zz = tl.load(z_ptr + row + tt, mask=m, other=0.0).to(tl.float32)
+                sz = _sigmoid(zz, FAST)
+                y = tl.sum(tl.sum(h * Ct, axis=3, keep_dims=True), axis=1, keep_dims=True)
+                if HAS_D:
+                    y += Dv * u
+                dz = dout * y * sz * (1.0 + zz * (1.0 - sz))
+                tl.store(dz_ptr + row + tt, dz.to(dz_ptr.dtype.element_ty), mask=m & lane0)
+                g = dout * zz * sz
+            else:
+                g = dout
+
+            # dC_t = sum_c g h_t over this program's channels, added to the fp32 buffer with atomics.
+            tl.atomic_add(
+                dC_ptr + bc_row1 + tt,
+                tl.sum(g * h, axis=2, keep_dims=True),
+                mask=smask & tmask,
+                sem="relaxed",
+            )
 
         # Adjoint lambda_t = C_t g_t + exp(dt_{t+1} A) lambda_{t+1}, scanned in reverse time order
         # (index i is position T - 1 - i); mu enters at i = 0. Per-channel values are reversed with
@@ -363,39 +453,52 @@ def _scan_bwd_kernel(
         lam = tl.flip(lam, 0)  # back to forward time order
         mu = tl.sum(tl.where(t == 0, lam * dA, 0.0), axis=0, keep_dims=True)
 
-        tl.atomic_add(
-            dB_ptr + bc_row1 + tt,
-            tl.sum(lam * dtu, axis=2, keep_dims=True),
-            mask=smask & tmask,
-            sem="relaxed",
-        )
+        if not SUMMARY:
+            tl.atomic_add(
+                dB_ptr + bc_row1 + tt,
+                tl.sum(lam * dtu, axis=2, keep_dims=True),
+                mask=smask & tmask,
+                sem="relaxed",
+            )
 
-        # G = lambda_t exp(dt_t A) h_{t-1}, using exp(dt_t A) h_{t-1} = h_t - x_t.
-        G = lam * (h - x)
-        dA_acc += tl.sum(tl.reshape(G * dt, (P, K, NL, BD, S)), axis=1)
-        q = tl.sum(tl.sum(lam * Bt, axis=3, keep_dims=True), axis=1, keep_dims=True)
-        r = tl.sum(tl.sum(G * A, axis=3, keep_dims=True), axis=1, keep_dims=True)
-        du = dt * q
+            # G = lambda_t exp(dt_t A) h_{t-1}, using exp(dt_t A) h_{t-1} = h_t - x_t.
+            G = lam * (h - x)
+            dA_acc += tl.sum(tl.reshape(G * dt, (P, K, NL, BD, S)), axis=1)
+            q = tl.sum(tl.sum(lam * Bt, axis=3, keep_dims=True), axis=1, keep_dims=True)
+            r = tl.sum(tl.sum(G * A, axis=3, keep_dims=True), axis=1, keep_dims=True)
+            du = dt * q
+            if HAS_D:
+                du += Dv * g
+                dD_acc += tl.sum(tl.reshape(g * u, (P, K, NL, BD, 1)), axis=1)
+            ddt = u * q + r
+            if SOFTPLUS:
+                ddt *= _sigmoid(draw, FAST)
+            ddt = tl.where(m, ddt, 0.0)
+            if HAS_BIAS:
+                dbias_acc += tl.sum(tl.reshape(ddt, (P, K, NL, BD, 1)), axis=1)
+            tl.store(du_ptr + row + tt, du.to(du_ptr.dtype.element_ty), mask=m & lane0)
+            tl.store(ddelta_ptr + row + tt, ddt.to(ddelta_ptr.dtype.element_ty), mask=m & lane0)
+
+    if SUMMARY:
+        tl.store(mend_ptr + (seg_row + pid_s) * d * n + state_off, mu, mask=csmask)
+        tl.store(dtsum_ptr + (seg_row + pid_s) * d + ch + zero_l, dt_sum, mask=cmask & lane0)
+    else:
+        # dL/dh_{-1} = exp(dt_0 A) lambda_0: the final mu of the first segment. The sums over time are
+        # per-segment partials (rows b * n_seg + segment) that the host adds up.
+        if SEGMENTED:
+            if pid_s == 0:
+                tl.store(dh0_ptr + bidx * d * n + state_off, mu, mask=csmask)
+            acc_row = seg_row + pid_s
+        else:
+            tl.store(dh0_ptr + bidx * d * n + state_off, mu, mask=csmask)
+            acc_row = bidx
+        tl.store(dA_ptr + acc_row * d * n + state_off, tl.sum(dA_acc, axis=0, keep_dims=True), mask=csmask)
         if HAS_D:
-            du += Dv * g
-            dD_acc += tl.sum(tl.reshape(g * u, (P, K, NL, BD, 1)), axis=1)
-        ddt = u * q + r
-        if SOFTPLUS:
-            ddt *= _sigmoid(draw, FAST)
-        ddt = tl.where(m, ddt, 0.0)
+            dD = tl.sum(dD_acc, axis=0, keep_dims=True)
+            tl.store(dD_ptr + acc_row * d + ch + zero_l, dD, mask=cmask & lane0)
         if HAS_BIAS:
-            dbias_acc += tl.sum(tl.reshape(ddt, (P, K, NL, BD, 1)), axis=1)
-        tl.store(du_ptr + row + tt, du.to(du_ptr.dtype.element_ty), mask=m & lane0)
-        tl.store(ddelta_ptr + row + tt, ddt.to(ddelta_ptr.dtype.element_ty), mask=m & lane0)
-
-    # dL/dh_{-1} = exp(dt_0 A) lambda_0, which is the final mu.
-    tl.store(dh0_ptr + bidx * d * n + state_off, mu, mask=csmask)
-    tl.store(dA_ptr + bidx * d * n + state_off, tl.sum(dA_acc, axis=0, keep_dims=True), mask=csmask)
-    if HAS_D:
-        tl.store(dD_ptr + bidx * d + ch + zero_l, tl.sum(dD_acc, axis=0, keep_dims=True), mask=cmask & lane0)
-    if HAS_BIAS:
-        dbias = tl.sum(dbias_acc, axis=0, keep_dims=True)
-        tl.store(dbias_ptr + bidx * d + ch + zero_l, dbias, mask=cmask & lane0)
+            dbias = tl.sum(dbias_acc, axis=0, keep_dims=True)
+            tl.store(dbias_ptr + acc_row * d + ch + zero_l, dbias, mask=cmask & lane0)
 
 
 class _Tile(NamedTuple):
@@ -430,6 +533,41 @@ def _tiles(per_position: list[torch.Tensor], n: int) -> tuple[_Tile, _Tile]:
         nl = min(nl, n_pad)
         out.append(_Tile(k, p, nl, n_pad // nl, num_warps * max(1, 32 // (p * nl)), num_warps))
     return out[0], out[1]
+
+
+# Segmenting the length. With few (batch, channel) programs the GPU idles: batch 1 at 2^20 with
+# d = 512 is 256 one-warp backward programs on 132 SMs. The length is then cut into segments that run
+# side by side: pass 1 summarises each segment (its end state from zero, and sum(dt)), pass 2 composes
+# the summaries of the segments before (forward) or after (backward) its own and runs the segment.
+# Pass 1 is extra work, so it only pays when the GPU would idle. H100, bf16, L = 2^20, fwd / fwd+bwd ms
+# (benchmarks/kernel_notes.md): d = 512: 20.0 / 157 unsegmented, 15.2 / 101 with 8 segments, 15.1 / 94
+# with 32; d = 1536 (768 backward warps): 29.3 / 276 unsegmented, 38-43 / 269-339 segmented.
+_SEGMENT_BELOW_WARPS_PER_SM = 4
+_WARPS_WANTED_PER_SM = 32
+_MIN_CHUNKS_PER_SEGMENT = 8
+_MAX_SEGMENTS = 64
+
+
+def _segments(n_chunks: int, programs: int, num_warps: int, x: torch.Tensor) -> tuple[int, int]:
+    """(segments, chunks per segment) for a launch of ``programs`` programs per segment.
+
+    ``MAMBA_DNA_SCAN_SEGMENTS=N`` forces N (tests use it to run the segmented path on the interpreter).
+    """
+    forced = os.environ.get("MAMBA_DNA_SCAN_SEGMENTS")
+    if forced:
+        want = int(forced)
+    elif x.is_cuda:
+        sms = torch.cuda.get_device_properties(x.device).multi_processor_count
+        warps = programs * num_warps
+        want = 1
+        if warps < _SEGMENT_BELOW_WARPS_PER_SM * sms:
+            want = min(math.ceil(_WARPS_WANTED_PER_SM * sms / warps), _MAX_SEGMENTS)
+            want = min(want, n_chunks // _MIN_CHUNKS_PER_SEGMENT)
+    else:
+        want = 1
+    want = max(1, min(want, n_chunks))
+    per = math.ceil(n_chunks / want)
+    return math.ceil(n_chunks / per), per
 
 
 def _fast(x: torch.Tensor) -> bool:
@@ -479,13 +617,19 @@ class _SelectiveScanFn(torch.autograd.Function):
         states = torch.empty(batch, n_chunks if save else 0, d, n, device=u.device, dtype=torch.float32)
         dpg = d // n_groups
         grid = (triton.cdiv(dpg, tile.BD), batch * n_groups)
-        _scan_fwd_kernel[grid](
-            u, delta, A32, B4, C4, D32, z, bias32, h0, y, last, states,
-            d, L, n, dpg, n_groups, n_chunks,
-            HAS_D=D is not None, HAS_Z=z is not None, HAS_BIAS=delta_bias is not None,
-            SOFTPLUS=bool(delta_softplus), HAS_H0=h0 is not None, SAVE_STATES=save, FAST=_fast(u),
-            K=tile.K, P=tile.P, NL=tile.NL, S=tile.S, BD=tile.BD, num_warps=tile.num_warps,
-        )  # fmt: skip
+        n_seg, seg_chunks = _segments(n_chunks, grid[0] * grid[1], tile.num_warps, u)
+        hend = torch.empty(batch, n_seg, d, n, device=u.device, dtype=torch.float32)
+        dtsum = torch.empty(batch, n_seg, d, device=u.device, dtype=torch.float32)
+        for summary in [True, False] if n_seg > 1 else [False]:
+            # The summary pass skips the last segment: no segment after it needs its summary.
+            _scan_fwd_kernel[(*grid, n_seg - 1 if summary else n_seg)](
+                u, delta, A32, B4, C4, D32, z, bias32, h0, y, last, states, hend, dtsum,
+                d, L, n, dpg, n_groups, n_chunks, n_seg, seg_chunks,
+                HAS_D=D is not None, HAS_Z=z is not None, HAS_BIAS=delta_bias is not None,
+                SOFTPLUS=bool(delta_softplus), HAS_H0=h0 is not None, SAVE_STATES=save and not summary,
+                SEGMENTED=n_seg > 1, SUMMARY=summary, FAST=_fast(u),
+                K=tile.K, P=tile.P, NL=tile.NL, S=tile.S, BD=tile.BD, num_warps=tile.num_warps,
+            )  # fmt: skip
         if save:
             ctx.save_for_backward(u, delta, A, B4, C4, D, z, delta_bias, initial_state, states)
             ctx.meta = (bool(delta_softplus), B.dim() == 3, C.dim() == 3)
@@ -506,36 +650,44 @@ class _SelectiveScanFn(torch.autograd.Function):
         bias32 = None if delta_bias is None else delta_bias.float().contiguous()
 
         _, tile = _tiles([x for x in (u, delta, z, B4, C4) if x is not None], n)
+        n_chunks = states.shape[1]
+        grid = (triton.cdiv(dpg, tile.BD), batch * n_groups)
+        n_seg, seg_chunks = _segments(n_chunks, grid[0] * grid[1], tile.num_warps, u)
         du = torch.empty_like(u)
         ddelta = torch.empty_like(delta)
         dz = torch.empty_like(z) if z is not None else None
         f32 = {"device": u.device, "dtype": torch.float32}
-        dA = torch.empty(batch, d, n, **f32)
+        # Sums over time come back per (batch, segment) and are added up here, in a fixed order.
+        dA = torch.empty(batch, n_seg, d, n, **f32)
         dB = torch.zeros(B4.shape, **f32)  # atomics accumulate here
         dC = torch.zeros(C4.shape, **f32)
-        dD = torch.empty(batch, d, **f32) if D is not None else None
-        dbias = torch.empty(batch, d, **f32) if delta_bias is not None else None
+        dD = torch.empty(batch, n_seg, d, **f32) if D is not None else None
+        dbias = torch.empty(batch, n_seg, d, **f32) if delta_bias is not None else None
         dh0 = torch.empty(batch, d, n, **f32)
-        grid = (triton.cdiv(dpg, tile.BD), batch * n_groups)
-        _scan_bwd_kernel[grid](
-            u, delta, A32, B4, C4, D32, z, bias32, states, dy, dlast,
-            du, ddelta, dz, dA, dB, dC, dD, dbias, dh0,
-            d, L, n, dpg, n_groups, states.shape[1],
-            HAS_D=D is not None, HAS_Z=z is not None, HAS_BIAS=delta_bias is not None,
-            SOFTPLUS=softplus, HAS_DLAST=dlast is not None, FAST=_fast(u),
-            K=tile.K, P=tile.P, NL=tile.NL, S=tile.S, BD=tile.BD, num_warps=tile.num_warps,
-        )  # fmt: skip
+        mend = torch.empty(batch, n_seg, d, n, **f32)
+        dtsum = torch.empty(batch, n_seg, d, **f32)
+        for summary in [True, False] if n_seg > 1 else [False]:
+            # The summary pass skips the first segment: no segment before it needs its summary.
+            _scan_bwd_kernel[(*grid, n_seg - 1 if summary else n_seg)](
+                u, delta, A32, B4, C4, D32, z, bias32, states, dy, dlast,
+                du, ddelta, dz, dA, dB, dC, dD, dbias, dh0, mend, dtsum,
+                d, L, n, dpg, n_groups, n_chunks, n_seg, seg_chunks, 1 if summary else 0,
+                HAS_D=D is not None, HAS_Z=z is not None, HAS_BIAS=delta_bias is not None,
+                SOFTPLUS=softplus, HAS_DLAST=dlast is not None, SEGMENTED=n_seg > 1, SUMMARY=summary,
+                FAST=_fast(u),
+                K=tile.K, P=tile.P, NL=tile.NL, S=tile.S, BD=tile.BD, num_warps=tile.num_warps,
+            )  # fmt: skip
         dB = dB.squeeze(1) if b_was_3d else dB
         dC = dC.squeeze(1) if c_was_3d else dC
         return (
             du,
             ddelta,
-            dA.sum(0).to(A.dtype),
+            dA.sum((0, 1)).to(A.dtype),
             dB.to(B4.dtype),
             dC.to(C4.dtype),
-            None if D is None else dD.sum(0).to(D.dtype),
+            None if D is None else dD.sum((0, 1)).to(D.dtype),
             dz,
-            None if delta_bias is None else dbias.sum(0).to(delta_bias.dtype),
+            None if delta_bias is None else dbias.sum((0, 1)).to(delta_bias.dtype),
             None if initial_state is None else dh0.to(initial_state.dtype),
             None,
         )

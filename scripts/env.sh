@@ -26,7 +26,8 @@ if [ ! -f "$STAMP" ] || [ "$(cat "$STAMP")" != "$WANT" ]; then
   fi
   echo "[env] installing $TORCH_SPEC, triton and mamba-dna (editable) into $VENV" >&2
   "$VENV/bin/python" -m pip install -q --upgrade pip >/dev/null 2>&1 || true
-  "$VENV/bin/python" -m pip install -q "$TORCH_SPEC" triton 2>&1 | grep -v "^WARNING: Location" >&2 || true
+  # numpy in the same step: torch imported without it prints a warning on the user's first command
+  "$VENV/bin/python" -m pip install -q "$TORCH_SPEC" triton numpy 2>&1 | grep -v "^WARNING: Location" >&2 || true
   "$VENV/bin/python" -c "import torch, triton" # fail loudly if the line above did not install them
   "$VENV/bin/python" -m pip install -q -e "$ROOT[dev]" 2>&1 | grep -v "^WARNING: Location" >&2 || true
   "$VENV/bin/python" -c "import mamba_dna.cli.main"

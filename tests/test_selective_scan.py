@@ -247,6 +247,38 @@ def test_chunked_call_equals_one_call_including_gradients() -> None:
     _check(pieces, whole, 1e-6, "two halves with the state carried")
 
 
+@pytest.mark.parametrize(
+    ("segments", "L", "dtype"),
+    [(2, 1000, torch.float32), (5, 1000, torch.float32), (3, 2049, torch.bfloat16), (40, 700, torch.float32)],
+)
+def test_segmented_length_equals_one_pass(
+    monkeypatch: pytest.MonkeyPatch, segments: int, L: int, dtype: torch.dtype
+) -> None:
+    # On the GPU a long sequence with little batch x channel parallelism is cut into segments that
+    # run side by side (summaries first, then each segment from its composed entering state). Force
+    # it here: outputs, last state and every gradient (initial state included) must not change, and
+    # both must match the float64 loop. 40 segments of 700 positions is one chunk or less each.
+    case = _inputs(17 + segments, 2, 4, 16, L, dtype)
+    monkeypatch.setenv("MAMBA_DNA_SCAN_SEGMENTS", "1")
+    whole = _run(selective_scan_triton, case)
+    monkeypatch.setenv("MAMBA_DNA_SCAN_SEGMENTS", str(segments))
+    split = _run(selective_scan_triton, case)
+    _check(split, whole, 1e-5 if dtype == torch.float32 else 1e-2, f"{segments} segments vs one")
+    _check(split, _run(_loop, case), TOL[dtype], f"{segments} segments vs float64 loop")
+
+
+def test_segment_choice(monkeypatch: pytest.MonkeyPatch) -> None:
+    from mamba_dna.kernels.selective_scan_triton import _segments
+
+    cpu = torch.zeros(1)
+    monkeypatch.delenv("MAMBA_DNA_SCAN_SEGMENTS", raising=False)
+    assert _segments(100, 4, 1, cpu) == (1, 100)  # never on the CPU unless forced
+    monkeypatch.setenv("MAMBA_DNA_SCAN_SEGMENTS", "7")
+    assert _segments(100, 4, 1, cpu) == (7, 15)  # 7 segments of 15 chunks, the last one of 10
+    assert _segments(20, 4, 1, cpu) == (7, 3)
+    assert _segments(3, 4, 1, cpu) == (3, 1)  # never more segments than chunks
+
+
 def test_noncontiguous_inputs() -> None:
     case = _inputs(3, 2, 4, 8, 96, torch.float32)
     expected = _run(_loop, case)
