@@ -44,9 +44,17 @@ dB and dC sum over channels: each program reduces its channels and adds the (T, 
 buffer with relaxed atomics (so dB and dC are not bitwise deterministic; every other gradient is).
 dA, dD and d(delta_bias) are per-batch partial sums that the host adds up.
 
+Segments: with batch 1 and few channels there are too few programs to fill the GPU, so the length is
+then also cut into segments that run in parallel (``_segments`` decides; ``SEGMENTED``). A first launch
+(``SUMMARY``) gives each segment's end state from a zero start and its sum(dt): because A does not
+depend on the position, a segment maps h -> exp(A sum dt) h + h_end, and the adjoint mu composes the
+same way backwards. The main launch composes the summaries of the segments before (forward) or after
+(backward) its own to get its entering state, then runs its chunks as above.
+
 Offsets: every pointer offset is computed in int64, starting from program ids converted with
-``.to(tl.int64)``. At length 2^20 a (batch, d, length) tensor passes 2^31 elements once
-batch * d > 2048, and int32 offsets silently wrap (mamba_ssm issue 1015).
+``.to(tl.int64)``; positions within the length stay int32 (they are < L). At length 2^20 a
+(batch, d, length) tensor passes 2^31 elements once batch * d > 2048, and int32 offsets silently wrap
+(mamba_ssm issue 1015).
 """
 
 from __future__ import annotations
