@@ -4,6 +4,7 @@
         --set full python benchmarks/profile_scan.py --log2 18
 
 The first call compiles and warms up (skip it with --launch-skip 1); the second is the one to read.
+Registers and spills: benchmarks/compile_scan.py (no GPU) or bench_kernels.py's "kernel resources".
 """
 
 from __future__ import annotations
@@ -39,10 +40,6 @@ def main() -> None:
         y = sst.selective_scan_triton(u, delta, A, B, C, D, z, bias, delta_softplus=True)
         y.backward(dy)
     torch.cuda.synchronize()
-    for kernel in (sst._scan_fwd_kernel, sst._scan_bwd_kernel):
-        cache = kernel.device_caches[torch.cuda.current_device()][0]  # triton 3.x compile cache
-        for compiled in cache.values():
-            print(f"{kernel.fn.__name__}: {compiled.n_regs} registers, {compiled.n_spills} spilled")
 
 
 if __name__ == "__main__":

@@ -240,15 +240,15 @@ def finetune(
         max_batch_tokens=max_batch_tokens,
         valid_per_class=valid_segments,
     )
-    cfg = TrainConfig(
-        steps=steps,
+    cfg = TrainConfig.for_steps(
+        steps,
+        warmup_steps=warmup_steps,
         lr=lr,
-        warmup_steps=min(100, steps // 10) if warmup_steps is None else warmup_steps,
         weight_decay=weight_decay,
         grad_clip=grad_clip,
         seed=seed,
-        eval_every=max(1, steps // 10) if eval_every is None else eval_every,
-        save_every=max(1, steps // 10) if save_every is None else save_every,
+        eval_every=eval_every,
+        save_every=save_every,
         keep_last=keep_last,
         log_every=log_every,
         device=device,

@@ -404,16 +404,16 @@ def pretrain(
     if valid_tokens < min_len:
         raise UserError(f"--valid-tokens ({valid_tokens:,}) must be at least --min-len ({min_len:,})")
     rc_prob = 0.5 if rc else 0.0
-    cfg = TrainConfig(
-        steps=steps,
+    cfg = TrainConfig.for_steps(
+        steps,
+        warmup_steps=warmup_steps,
         lr=lr,
-        warmup_steps=min(100, steps // 10) if warmup_steps is None else warmup_steps,
         min_lr_ratio=min_lr_ratio,
         weight_decay=weight_decay,
         grad_clip=grad_clip,
         seed=seed,
-        eval_every=max(1, steps // 10) if eval_every is None else eval_every,
-        save_every=max(1, steps // 10) if save_every is None else save_every,
+        eval_every=eval_every,
+        save_every=save_every,
         keep_last=keep_last,
         log_every=log_every,
         device=device,

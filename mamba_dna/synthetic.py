@@ -479,14 +479,14 @@ def run_synthetic(
     out = Path(out)
     _check_out(out, compare)
     variants = [True, False] if compare else [selective]
-    cfg = TrainConfig(
-        steps=steps,
+    cfg = TrainConfig.for_steps(
+        steps,
+        warmup_steps=warmup_steps,
         lr=lr,
-        warmup_steps=min(100, steps // 10) if warmup_steps is None else warmup_steps,
         weight_decay=weight_decay,
         seed=seed,
-        eval_every=max(1, steps // 10) if eval_every is None else eval_every,
-        save_every=max(1, steps // 10) if save_every is None else save_every,
+        eval_every=eval_every,
+        save_every=save_every,
         device=device,
         precision=precision,
     )

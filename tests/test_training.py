@@ -19,6 +19,7 @@ from safetensors.torch import load_file
 from mamba_dna.checkpoint import load_model
 from mamba_dna.errors import UserError
 from mamba_dna.training import NonFiniteLoss, train
+from mamba_dna.training.task import TrainConfig
 
 
 @pytest.fixture(autouse=True, scope="module")
@@ -291,3 +292,12 @@ def test_benchmark_quick_mode(tmp_path):
     rows = json.loads((tmp_path / "b.json").read_text())["rows"]
     assert [r["length"] for r in rows] == [128, 256]
     assert all(r["bases_per_s"] > 0 and np.isfinite(r["final_loss"]) for r in rows)
+
+
+def test_train_config_for_steps_derives_the_schedule_left_as_none() -> None:
+    cfg = TrainConfig.for_steps(250, lr=1e-3)
+    assert (cfg.steps, cfg.warmup_steps, cfg.eval_every, cfg.save_every, cfg.lr) == (250, 25, 25, 25, 1e-3)
+    assert TrainConfig.for_steps(5000).warmup_steps == 100  # at most 100 warmup steps
+    assert (TrainConfig.for_steps(5).eval_every, TrainConfig.for_steps(5).warmup_steps) == (1, 0)
+    given = TrainConfig.for_steps(250, warmup_steps=7, eval_every=3, save_every=9)
+    assert (given.warmup_steps, given.eval_every, given.save_every) == (7, 3, 9)

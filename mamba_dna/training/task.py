@@ -35,6 +35,30 @@ class TrainConfig:
     gradient_checkpointing: bool = False
     extra: dict[str, Any] = field(default_factory=dict)
 
+    @classmethod
+    def for_steps(
+        cls,
+        steps: int,
+        *,
+        warmup_steps: int | None = None,
+        eval_every: int | None = None,
+        save_every: int | None = None,
+        **fields: Any,
+    ) -> TrainConfig:
+        """A config whose schedule follows the run's length where the caller leaves it as None.
+
+        The commands' defaults: warm up for a tenth of the run (at most 100 steps), validate and
+        checkpoint every tenth.
+        """
+        tenth = max(1, steps // 10)
+        return cls(
+            steps=steps,
+            warmup_steps=min(100, steps // 10) if warmup_steps is None else warmup_steps,
+            eval_every=tenth if eval_every is None else eval_every,
+            save_every=tenth if save_every is None else save_every,
+            **fields,
+        )
+
 
 class Task(Protocol):
     """What the loop asks of a task. Every method is deterministic in its arguments (exact resume)."""
