@@ -148,10 +148,7 @@ def pretrain_human(
     tokens_per_step = max(tokens_per_step, max_len)
     plan = plan_curriculum(2**10, max_len, steps, tokens_per_step, max_batch_tokens=2**16)
     task = PretrainTask(data, plan, dist=D.setup(device), seed=seed, valid_tokens=2**16)
-    cfg = TrainConfig(
-        steps=steps, lr=4e-3, warmup_steps=min(100, steps // 10), seed=seed, eval_every=steps, save_every=steps,
-        device=device,
-    )  # fmt: skip
+    cfg = TrainConfig.for_steps(steps, lr=4e-3, seed=seed, eval_every=steps, save_every=steps, device=device)
     torch.manual_seed(seed)
     return train(MambaLMHeadModel(config), task, cfg, out, quiet=True, spec={"task": "bench-pretrain"})
 
