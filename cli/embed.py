@@ -48,13 +48,15 @@ def embed(
     precision: str = typer.Option("fp32", "--precision", help="Compute precision: fp32 | bf16 (GPU)."),
     compression: str = typer.Option("lzf", "--compression", help="HDF5 compression: lzf | gzip | none."),
     force: bool = typer.Option(False, "--force", help="Replace an existing --out (only once finished)."),
-    resume: bool = typer.Option(False, "--resume", help="Continue <out>.partial from an interrupted run."),
+    resume: bool = typer.Option(
+        False, "--resume", help="Continue an interrupted run (its work directory <out>.partial)."
+    ),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bar."),
     json_out: bool = typer.Option(False, "--json", help="Print a JSON summary on stdout."),
 ) -> None:
     """Embed FASTA sequences with a trained model into an HDF5 file, streamed in bounded memory.
 
-    Pooled output (--pool mean|last) holds one vector per window: /embeddings, /record, /start, /end (0-based, half-open). Per-base output (--pool none) holds /per_base/<record> (length x d_model), computed with the whole record as left context by carrying the model state between pieces. The file is written as <out>.partial and renamed when complete; --resume continues an interrupted run.
+    Pooled output (--pool mean|last) holds one vector per window: /embeddings, /record, /start, /end (0-based, half-open). Per-base output (--pool none) holds /per_base/<record> (length x d_model), computed with the whole record as left context by carrying the model state between pieces. Work in progress lives in the directory <out>.partial; the HDF5 file is assembled there and renamed onto --out when complete, and --resume continues an interrupted run from its last batch.
 
     Example: mamba-dna embed runs/apes genomes.fa --out emb.h5 --window 4096 --pool mean --rc-average
     """

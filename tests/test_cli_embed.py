@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import fcntl
 import json
 import os
 import signal
@@ -21,7 +22,6 @@ from typer.testing import CliRunner, Result
 from mamba_dna.checkpoint import save_model
 from mamba_dna.config import MambaConfig
 from mamba_dna.embedding import load_embeddings
-from mamba_dna.errors import UserError
 from mamba_dna.model import MambaLMHeadModel
 
 
@@ -139,8 +139,10 @@ def test_bad_inputs_give_one_line_and_touch_nothing(
     assert sorted(p.name for p in tmp_path.iterdir()) == ["emb.h5"]  # no partial file either
 
 
-def _start_and_kill(args: list[object], partial: Path, ready: Callable[[h5py.File], bool]) -> None:
-    """Run ``mamba-dna embed`` in a subprocess and SIGKILL it once the partial file satisfies ``ready``."""
+def _start_and_kill(
+    args: list[object], partial: Path, ready: Callable[[dict[str, np.ndarray]], bool]
+) -> None:
+    """Run ``mamba-dna embed`` in a subprocess; SIGKILL it once the recorded progress satisfies ``ready``."""
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     cmd = [sys.executable, "-m", "mamba_dna.cli.main", "embed", *map(str, args), "--quiet"]
     proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
@@ -149,16 +151,13 @@ def _start_and_kill(args: list[object], partial: Path, ready: Callable[[h5py.Fil
         while time.monotonic() < deadline:
             if proc.poll() is not None:
                 pytest.fail(f"the run ended before it could be killed: {proc.stderr.read().decode()}")
-            if partial.exists():
-                try:  # the writer holds the file: read without HDF5's lock, and retry a torn read
-                    with h5py.File(partial, "r", locking=False) as f:
-                        if ready(f):
-                            break
-                except (OSError, KeyError, ValueError):
-                    pass
+            if (partial / "progress.npz").exists():  # replaced whole by a rename: never torn
+                with np.load(partial / "progress.npz") as progress:
+                    if ready(dict(progress)):
+                        break
             time.sleep(0.01)
         else:
-            pytest.fail("the partial file never got far enough")
+            pytest.fail("the run never got far enough")
     finally:
         proc.send_signal(signal.SIGKILL)
         proc.wait()
@@ -182,16 +181,16 @@ def test_resume_after_sigkill_pooled(tmp_path: Path, run_dir: Path) -> None:
     fa = write_fasta(tmp_path / "g.fa", {"x": 12_000, "y": 9_000})
     args: list[object] = [run_dir, fa, "--window", 64, "--batch-size", 4, "--dtype", "float32"]
     out, partial = tmp_path / "e.h5", tmp_path / "e.h5.partial"
-    _start_and_kill([*args, "-o", out], partial, lambda f: f.attrs["progress_rows"] >= 24)
-    assert partial.exists() and not out.exists()
-    with h5py.File(partial, "r") as f:
-        assert 24 <= f.attrs["progress_rows"] < 329 and f.attrs["complete"] == False  # noqa: E712
-    with pytest.raises(UserError, match="incomplete"):
-        load_embeddings(partial.rename(tmp_path / "peek.h5"))
-    (tmp_path / "peek.h5").rename(partial)
+    _start_and_kill([*args, "-o", out], partial, lambda p: p["rows"] >= 24)
+    assert partial.is_dir() and not out.exists() and not (partial / "embeddings.h5").exists()
+    with np.load(partial / "progress.npz") as p:
+        assert 24 <= p["rows"] < 329
 
     assert_one_clean_error(embed(*args, "-o", out), "use --resume")
     assert_one_clean_error(embed(*args, "-o", out, "--resume", "--stride", 32), "different stride")
+    with open(partial / "lock") as held:  # as if another process were still working on it
+        fcntl.flock(held, fcntl.LOCK_EX)
+        assert_one_clean_error(embed(*args, "-o", out, "--resume"), "in use by another process")
     res = embed(*args, "-o", out, "--resume", "--quiet")
     assert res.exit_code == 0, res.output
     assert not partial.exists() and load_embeddings(out).attrs["resumed"] == 1
@@ -200,6 +199,12 @@ def test_resume_after_sigkill_pooled(tmp_path: Path, run_dir: Path) -> None:
     assert embed(*args, "-o", reference, "--quiet").exit_code == 0
     _assert_same_contents(out, reference)
 
+    # Resuming a finished run (a job queue retrying it) leaves the file alone; other settings do not.
+    before = out.stat().st_mtime_ns
+    res = embed(*args, "-o", out, "--resume")
+    assert res.exit_code == 0 and "already complete" in res.stderr and out.stat().st_mtime_ns == before
+    assert_one_clean_error(embed(*args, "-o", out, "--resume", "--pool", "last"), "exists; use --force")
+
 
 def test_resume_after_sigkill_per_base_rc_average(tmp_path: Path, run_dir: Path) -> None:
     # Two records streamed side by side, each first through its reverse strand: kill while the first
@@ -207,16 +212,12 @@ def test_resume_after_sigkill_per_base_rc_average(tmp_path: Path, run_dir: Path)
     fa = write_fasta(tmp_path / "g.fa", {"r0": 3_000, "r1": 5_000, "r2": 2_000, "r3": 2_500})
     args: list[object] = [run_dir, fa, "--pool", "none", "--rc-average", "--window", 100, "--batch-size", 2]
     out, partial = tmp_path / "e.h5", tmp_path / "e.h5.partial"
-
-    def ready(f: h5py.File) -> bool:
-        return "lanes" in f["_progress"] and f["_progress"].attrs["next_job"] >= 3
-
-    _start_and_kill([*args, "-o", out], partial, ready)
-    assert partial.exists() and not out.exists()
-    assert (tmp_path / "e.h5.partial.rc").is_dir()  # reverse-strand scratch of the records in flight
+    _start_and_kill([*args, "-o", out], partial, lambda p: p["next_job"] >= 3)
+    assert partial.is_dir() and not out.exists()
+    assert list(partial.glob("reverse-*.bin"))  # reverse strands of the records in flight
     res = embed(*args, "-o", out, "--resume", "--quiet")
     assert res.exit_code == 0, res.output
-    assert not partial.exists() and not (tmp_path / "e.h5.partial.rc").exists()
+    assert not partial.exists()
 
     reference = tmp_path / "ref.h5"
     assert embed(*args, "-o", reference, "--quiet").exit_code == 0

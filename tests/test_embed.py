@@ -27,6 +27,7 @@ from mamba_dna.embedding import (
     unescape_name,
     window_offsets,
 )
+from mamba_dna.embedding.journal import RowFiles
 from mamba_dna.errors import UserError
 from mamba_dna.model import MambaLMHeadModel
 from mamba_dna.tokenizer import VOCAB, encode, reverse_complement
@@ -302,6 +303,38 @@ def test_failures_leave_existing_files_alone(tmp_path: Path, run_dir: Path, fast
         mamba_dna.embed(run_dir, fasta, tmp_path / "x.h5")
     with pytest.raises(UserError, match="not an HDF5 file"):
         load_embeddings(partial)
+
+
+def test_an_interrupted_assembly_is_redone_on_resume(
+    tmp_path: Path, run_dir: Path, fasta: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Killed while the HDF5 file is being assembled: resume assembles it again, values unchanged."""
+    kw: dict[str, object] = {"window": 100, "pool": "none", "rc_average": True, "batch_size": 2}
+    reference = mamba_dna.embed(run_dir, fasta, tmp_path / "ref.h5", **kw)
+    out, partial = tmp_path / "e.h5", tmp_path / "e.h5.partial"
+    read, tracks_read = RowFiles.read, []
+
+    def interrupt_second_track(self: RowFiles, key: int, row: int, n: int) -> np.ndarray:
+        if self.kind == "track":
+            tracks_read.append(key)
+            if len(tracks_read) == 2:
+                raise KeyboardInterrupt
+        return read(self, key, row, n)
+
+    monkeypatch.setattr(RowFiles, "read", interrupt_second_track)
+    with pytest.raises(KeyboardInterrupt):
+        mamba_dna.embed(run_dir, fasta, out, **kw)
+    monkeypatch.undo()
+    assert not out.exists() and (partial / "embeddings.h5").exists()
+    with pytest.raises(UserError, match="incomplete"):
+        load_embeddings(partial / "embeddings.h5")
+
+    mamba_dna.embed(run_dir, fasta, out, resume=True, **kw)
+    assert not partial.exists()
+    got, want = load_embeddings(out), load_embeddings(reference)
+    assert got.attrs["resumed"] == 1 and got.tracks == want.tracks and len(got.tracks) == len(RECORDS)
+    for name in RECORDS:
+        np.testing.assert_array_equal(got.per_base(name), want.per_base(name))
 
 
 def test_memory_stays_bounded_on_a_megabase_input(tmp_path: Path) -> None:

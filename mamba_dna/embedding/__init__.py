@@ -14,13 +14,13 @@ from __future__ import annotations
 
 import contextlib
 import os
+import shutil
 import time
 from collections.abc import Sequence
 from pathlib import Path
 from types import ModuleType
 from typing import TYPE_CHECKING, Any
 
-import h5py
 import numpy as np
 
 from mamba_dna.embedding import store
@@ -32,6 +32,7 @@ from mamba_dna.errors import UserError
 if TYPE_CHECKING:  # torch is imported where the model runs: reading embeddings files does not need it
     import torch
 
+    from mamba_dna.embedding.journal import Journal
     from mamba_dna.embedding.runner import Runner
 
 POOLS = ("mean", "last", "none")
@@ -85,8 +86,9 @@ def embed(
             autocast, faster on a GPU.
         compression: ``"lzf"`` (fast; h5py's filter), ``"gzip"`` (readable by every HDF5 tool) or
             ``"none"``.
-        resume: continue ``<out>.partial`` left by an interrupted run with the same settings.
-        force: replace an existing ``out`` (at the final rename only) and discard a stale partial file.
+        resume: continue the ``<out>.partial`` directory left by an interrupted run with the same
+            settings (:mod:`.journal`); a finished ``out`` made with the same settings is left as it is.
+        force: replace an existing ``out`` (at the final rename only) and discard a stale partial run.
         quiet: no progress bar or notes on stderr.
         command: recorded in the file's ``command`` attribute (the CLI passes its command line).
 
@@ -102,6 +104,7 @@ def embed(
     from mamba_dna.embedding import per_base, pooled
     from mamba_dna.embedding.checksum import checkpoint_sha256
     from mamba_dna.embedding.inputs import open_inputs, plan_jobs
+    from mamba_dna.embedding.journal import open_journal
     from mamba_dna.embedding.runner import Runner, resolve_device
 
     if not command:
@@ -156,32 +159,43 @@ def embed(
             run.note(note)
         attrs = store.attributes(run, paths, checkpoint, sha256, window_source, command)
         partial = store.partial_path(out)
+        if resume and not force and out.exists():
+            if not store.finished_with(out, attrs["settings"]):
+                raise UserError(f"{out} exists; use --force to replace it")
+            # Killed between the final rename and the clean-up, or simply run twice: nothing left to do.
+            shutil.rmtree(partial, ignore_errors=True)
+            run.note(f"{out} is already complete")
+            return out
         if resume and not partial.exists():
             run.note(f"no {partial} to resume; starting from the beginning")
-        with store.start_or_resume(partial, attrs, run, output, resume=resume and partial.exists()) as f:
+        with open_journal(partial, attrs, resume=resume and partial.exists()) as journal:
             try:
-                _execute(run, f, output)
+                path = _execute(run, journal, output)
             except UserError:
                 raise
-            except BaseException:  # the partial file is kept on purpose: say how to pick it up
+            except BaseException:  # the journal is kept on purpose: say how to pick it up
                 run.note(f"partial output kept in {partial}; rerun with --resume to continue")
                 raise
-            store.finish(f)
-        store.publish(partial, out)
+            store.publish(path, out)
+        shutil.rmtree(partial, ignore_errors=True)
     return out
 
 
-def _execute(run: Runner, f: h5py.File, output: ModuleType) -> None:
-    """Compute what the file does not hold yet, with a progress bar in bases."""
+def _execute(run: Runner, journal: Journal, output: ModuleType) -> Path:
+    """Compute what the journal does not hold yet, then assemble the HDF5 file; progress bars for both."""
     from mamba_dna.progress import progress_bar
 
-    if f.attrs.get("complete"):  # interrupted between finishing and the rename: nothing left to compute
-        return
     with progress_bar(run.quiet, unit="bases") as progress:
         run.progress, run.started = progress, time.perf_counter()
         run.task = progress.add_task("embedding", total=output.total_bases(run), info="")
-        progress.update(run.task, completed=output.bases_done(run, f))
-        output.embed(run, f)
+        prog = journal.load_progress()
+        if prog is not None:
+            done = output.bases_done(run, prog)
+            run.note(f"resuming {journal.directory} at {done:,} of {output.total_bases(run):,} bases")
+            progress.update(run.task, completed=done)
+        output.embed(run, journal)
+        run.task = progress.add_task("writing HDF5", total=output.total_rows(run), info="")
+        return store.assemble(run, journal, output)
 
 
 def _check_options(

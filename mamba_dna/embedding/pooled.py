@@ -5,7 +5,8 @@ last base, which has seen the whole window. Windows are computed independently, 
 outside the window, ``batch_size`` at a time; with ``rc_average`` each window's reverse complement goes
 in the same batch, and the two strands' means (or last positions) are averaged.
 
-Progress is the ``progress_rows`` attribute: the rows written and flushed so far.
+While running, the vectors go to one row file of the journal (:mod:`.journal`) and the progress is the
+number of rows written; the windows' coordinates follow from the settings, so only the vectors are kept.
 """
 
 from __future__ import annotations
@@ -19,31 +20,11 @@ import numpy as np
 import torch
 
 from mamba_dna.embedding.inputs import Job
+from mamba_dna.embedding.journal import Journal, Progress, RowFiles
 from mamba_dna.embedding.runner import Pipeline, Runner
 from mamba_dna.embedding.store import chunk_rows, compression_args
 from mamba_dna.embedding.windows import Tiling
 from mamba_dna.tokenizer import reverse_complement
-
-_DATASETS = ("embeddings", "record", "start", "end")
-
-
-def create(f: h5py.File, run: Runner) -> None:
-    d, comp = run.d_model, compression_args(run.compression)
-    rows = chunk_rows(d, run.dtype.itemsize, 1 << 30)
-    f.create_dataset("embeddings", (0, d), maxshape=(None, d), dtype=run.dtype, chunks=(rows, d), **comp)
-    f.create_dataset(
-        "record", (0,), maxshape=(None,), dtype=h5py.string_dtype("utf-8"), chunks=(4096,), **comp
-    )
-    for name in ("start", "end"):
-        f.create_dataset(name, (0,), maxshape=(None,), dtype=np.int64, chunks=(8192,), **comp)
-    f.attrs["progress_rows"] = 0
-
-
-def truncate(f: h5py.File, run: Runner) -> str:
-    done = int(f.attrs["progress_rows"])
-    for name in _DATASETS:
-        f[name].resize(done, axis=0)
-    return f" after {done} windows"
 
 
 def _tilings(run: Runner) -> list[Tiling]:
@@ -54,9 +35,17 @@ def total_bases(run: Runner) -> int:
     return run.passes * sum(t.count * t.size for t in _tilings(run))
 
 
-def bases_done(run: Runner, f: h5py.File) -> int:
-    """Bases covered by the rows a resumed file already holds."""
-    done, rows = 0, int(f.attrs.get("progress_rows", 0))
+def total_rows(run: Runner) -> int:
+    return sum(t.count for t in _tilings(run))
+
+
+def _rows_done(prog: Progress | None) -> int:
+    return 0 if prog is None else int(prog["rows"])
+
+
+def bases_done(run: Runner, prog: Progress | None) -> int:
+    """Bases covered by the rows a resumed run already holds."""
+    done, rows = 0, _rows_done(prog)
     for t in _tilings(run):
         take = min(rows, t.count)
         done, rows = done + take * t.size, rows - take
@@ -69,24 +58,20 @@ def _windows(run: Runner) -> Iterator[tuple[Job, int, int]]:
             yield job, s, e
 
 
-def embed(run: Runner, f: h5py.File) -> None:
-    emb, rec, st, en = (f[name] for name in _DATASETS)
+def _vectors(run: Runner, journal: Journal) -> RowFiles:
+    return journal.rows("pooled", run.dtype, run.d_model)
+
+
+def embed(run: Runner, journal: Journal) -> None:
+    vectors = _vectors(run, journal)
     out_dtype = torch.float16 if run.dtype == np.float16 else torch.float32
     pipe = Pipeline(run.device)
 
-    def write(lo: int, names: list[str], starts: list[int], ends: list[int], rows: np.ndarray) -> None:
-        hi = lo + len(names)
-        for ds in (emb, rec, st, en):
-            ds.resize(hi, axis=0)
-        emb[lo:hi] = rows
-        rec[lo:hi] = names
-        st[lo:hi] = starts
-        en[lo:hi] = ends
-        # Progress goes after the rows: a crash between the two only makes resume redo this batch.
-        f.attrs["progress_rows"] = hi
-        f.flush()
+    def write(lo: int, rows: np.ndarray) -> None:
+        vectors.write(0, lo, rows)
+        journal.save_progress(rows=np.int64(lo + len(rows)))
 
-    lo = int(f.attrs["progress_rows"])
+    lo = _rows_done(journal.load_progress())
     windows = itertools.islice(_windows(run), lo, None)
     while batch := list(itertools.islice(windows, run.batch_size)):
         pieces = [run.tokens(job, s, e) for job, s, e in batch]
@@ -97,13 +82,34 @@ def embed(run: Runner, f: h5py.File) -> None:
         vec = pool(run.hidden(run.batch_ids(pieces)), lengths, run.pool)
         if run.rc_average:
             vec = (vec[: len(batch)] + vec[len(batch) :]) / 2
-        names = [job.record for job, _, _ in batch]
-        starts = [job.start + s for job, s, _ in batch]
-        ends = [job.start + e for job, _, e in batch]
-        pipe.submit(functools.partial(write, lo, names, starts, ends), [vec.to(out_dtype)])
+        pipe.submit(functools.partial(write, lo), [vec.to(out_dtype)])
         run.advance(sum(lengths))
         lo += len(batch)
     pipe.drain()
+
+
+def assemble(run: Runner, journal: Journal, f: h5py.File) -> None:
+    """``/embeddings``, ``/record``, ``/start``, ``/end`` from the row file and the windows, in blocks."""
+    n, d, comp = total_rows(run), run.d_model, compression_args(run.compression)
+    rows = chunk_rows(d, run.dtype.itemsize, 1 << 30)
+    emb = f.create_dataset(
+        "embeddings", (n, d), maxshape=(None, d), dtype=run.dtype, chunks=(rows, d), **comp
+    )
+    text = h5py.string_dtype("utf-8")
+    rec = f.create_dataset("record", (n,), maxshape=(None,), dtype=text, chunks=(4096,), **comp)
+    st, en = (
+        f.create_dataset(name, (n,), maxshape=(None,), dtype=np.int64, chunks=(8192,), **comp)
+        for name in ("start", "end")
+    )
+    vectors, windows = _vectors(run, journal), _windows(run)
+    for lo in range(0, n, rows):
+        hi = min(n, lo + rows)
+        batch = list(itertools.islice(windows, hi - lo))
+        emb[lo:hi] = vectors.read(0, lo, hi - lo)
+        rec[lo:hi] = [job.record for job, _, _ in batch]
+        st[lo:hi] = [job.start + s for job, s, _ in batch]
+        en[lo:hi] = [job.start + e for job, _, e in batch]
+        run.advance_rows(hi - lo)
 
 
 def pool(h: torch.Tensor, lengths: list[int], how: str) -> torch.Tensor:

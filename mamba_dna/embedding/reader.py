@@ -115,7 +115,7 @@ def describe_embeddings(path: str | Path) -> dict[str, Any]:
         datasets: list[dict[str, Any]] = []
 
         def visit(name: str, obj: Any) -> None:
-            if isinstance(obj, h5py.Dataset) and not name.startswith(("per_base/", "_progress")):
+            if isinstance(obj, h5py.Dataset) and not name.startswith("per_base/"):
                 datasets.append(_dataset_info(name, obj))
 
         f.visititems(visit)

@@ -91,6 +91,11 @@ class Runner:
             rate = self.bases_done / max(time.perf_counter() - self.started, 1e-9)
             self.progress.update(self.task, advance=bases, info=f"{rate:,.0f} bases/s")
 
+    def advance_rows(self, rows: int) -> None:
+        """Progress of the final assembly, in rows of the HDF5 file."""
+        if self.progress is not None:
+            self.progress.update(self.task, advance=rows)
+
 
 class Pipeline:
     """Runs the host-side work of batch k after batch k+1 has been queued on the device.

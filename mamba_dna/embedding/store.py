@@ -13,12 +13,12 @@ File attributes: ``format``, ``mamba_dna_version``, ``model_config`` (JSON), ``c
 ``command``, ``created`` and ``completed`` (UTC ISO 8601), ``input_fasta`` (JSON list of paths),
 ``regions`` (JSON list), ``complete`` (True once finished) and ``settings`` (JSON: what ``resume`` checks).
 
-Crash safety and resume. The file is written as ``<out>.partial`` in the output's directory and renamed
-onto ``out`` only when complete, so an interrupted run never leaves a file that looks finished, and
-``force`` replaces an existing ``out`` only at that rename. After every batch the rows are flushed and
-the progress is recorded in the file (see :mod:`.pooled` and :mod:`.per_base`). ``resume=True`` checks
-that the settings and the checkpoint's sha256 are those of the partial file, truncates the datasets to
-the last recorded batch and continues, giving the same values as an uninterrupted run.
+Crash safety and resume. An unfinished run keeps its work in the directory ``<out>.partial`` (see
+:mod:`.journal`), not in an HDF5 file, because HDF5 is not crash-consistent while open for writing. The
+file is assembled there once every row is computed and renamed onto ``out``, so an interrupted run never
+leaves a file that looks finished, and ``force`` replaces an existing ``out`` only at that rename.
+``resume=True`` checks that the settings and the checkpoint's sha256 are those the partial run started
+with and continues from its last recorded batch, giving the same values as an uninterrupted run.
 """
 
 from __future__ import annotations
@@ -28,7 +28,6 @@ import datetime
 import hashlib
 import json
 import os
-import shutil
 from collections.abc import Sequence
 from pathlib import Path
 from types import ModuleType
@@ -41,6 +40,7 @@ from mamba_dna.errors import UserError
 from mamba_dna.tokenizer import VOCAB
 
 if TYPE_CHECKING:
+    from mamba_dna.embedding.journal import Journal
     from mamba_dna.embedding.runner import Runner
 
 FORMAT = "mamba-dna-embeddings/1"
@@ -84,18 +84,13 @@ def partial_path(out: Path) -> Path:
     return out.with_name(out.name + PARTIAL_SUFFIX)
 
 
-def scratch_dir(partial: Path) -> Path:
-    """Where per-base ``rc_average`` keeps its reverse-strand rows (:class:`.scratch.Scratch`)."""
-    return partial.with_name(partial.name + ".rc")
-
-
 def check_output(out: Path, *, resume: bool, force: bool) -> None:
     """Refuse, before any work, an output that cannot be written or would overwrite something."""
     if out.is_dir():
         raise UserError(f"{out}: is a directory; give a file name for the embeddings")
     if not out.parent.is_dir():
         raise UserError(f"{out}: output directory {out.parent} does not exist")
-    if out.exists() and not force:
+    if out.exists() and not (force or resume):  # resume: finished_with decides once settings are known
         raise UserError(f"{out} exists; use --force to replace it")
     partial = partial_path(out)
     if partial.exists() and not (resume or force):
@@ -140,70 +135,36 @@ def attributes(
     }
 
 
-def open_h5(path: Path, mode: str) -> h5py.File:
+def finished_with(out: Path, settings: str) -> bool:
+    """Whether ``out`` is a complete embeddings file made with these ``settings``."""
     try:
-        return h5py.File(path, mode)
-    except BlockingIOError:
-        raise UserError(f"{path}: in use by another process") from None
-    except OSError as e:
-        if "lock" in str(e).lower():
-            raise UserError(f"{path}: in use by another process") from None
-        raise UserError(f"{path}: cannot open as HDF5 ({e})") from None
+        with h5py.File(out, "r") as f:
+            return bool(f.attrs.get("complete")) and f.attrs.get("settings") == settings
+    except OSError:
+        return False
 
 
-def start_or_resume(
-    partial: Path, attrs: dict[str, Any], run: Runner, output: ModuleType, *, resume: bool
-) -> h5py.File:
-    """A new partial file, or the existing one cut back to its last recorded batch.
+def assemble(run: Runner, journal: Journal, output: ModuleType) -> Path:
+    """Build the HDF5 file from the journal's rows, inside the journal, and return its path.
 
-    ``output`` is :mod:`.pooled` or :mod:`.per_base`: its ``create`` makes the datasets of a new file,
-    its ``truncate`` drops what was written after the last recorded batch (and says where that was).
+    ``output`` is :mod:`.pooled` or :mod:`.per_base`; its ``assemble`` creates and fills the datasets.
+    An assembly cut short by a kill is simply redone.
     """
-    if not resume:
-        if partial.exists():  # only reachable with force: a stale partial file is discarded
-            partial.unlink()
-        shutil.rmtree(scratch_dir(partial), ignore_errors=True)
-        f = open_h5(partial, "w")
-        f.attrs.update(attrs)
-        output.create(f, run)
-        f.flush()
-        return f
-
-    f = open_h5(partial, "r+")
-    try:
-        old, new = json.loads(f.attrs.get("settings", "{}")), json.loads(attrs["settings"])
-        if old != new:
-            differ = sorted(k for k in set(old) | set(new) if old.get(k) != new.get(k))
-            raise UserError(
-                f"{partial}: cannot resume, it was started with different {', '.join(differ)}; "
-                "rerun with the same arguments, or use --force to start over"
-            )
-        # A complete partial file was interrupted just before its rename: nothing to cut back.
-        where = "" if f.attrs.get("complete") else output.truncate(f, run)
-        run.note(f"resuming {partial}{where}")
-        f.attrs["command"] = attrs["command"]
-        f.attrs["resumed"] = int(f.attrs.get("resumed", 0)) + 1
-        f.flush()
-    except BaseException:
-        f.close()
-        raise
-    return f
+    path = journal.h5_path
+    path.unlink(missing_ok=True)
+    with h5py.File(path, "w") as f:
+        f.attrs.update(journal.attrs)
+        output.assemble(run, journal, f)
+        f.attrs["complete"] = True
+        f.attrs["completed"] = utcnow()
+    return path
 
 
-def finish(f: h5py.File) -> None:
-    """Mark the file complete and drop what only a resume needs."""
-    f.attrs["complete"] = True
-    f.attrs["completed"] = utcnow()
-    if "_progress" in f:
-        del f["_progress"]
-    f.attrs.pop("progress_rows", None)
-
-
-def publish(partial: Path, out: Path) -> None:
-    """Durably rename the finished partial file onto ``out`` and remove the reverse-strand scratch."""
-    with open(partial, "rb") as fh:
+def publish(path: Path, out: Path) -> None:
+    """Durably rename the finished file onto ``out``."""
+    with open(path, "rb") as fh:
         os.fsync(fh.fileno())
-    os.replace(partial, out)
+    os.replace(path, out)
     # The rename is durable only once the directory entry is; not every platform can open a directory.
     with contextlib.suppress(OSError):
         fd = os.open(out.parent, os.O_RDONLY)
@@ -211,4 +172,3 @@ def publish(partial: Path, out: Path) -> None:
             os.fsync(fd)
         finally:
             os.close(fd)
-    shutil.rmtree(scratch_dir(partial), ignore_errors=True)
