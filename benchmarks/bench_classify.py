@@ -16,16 +16,22 @@ divergences; **simulated, not real DNA**). Steps, in one time budget (default 48
    the same training segments (``mamba_dna.classify.evaluate_test``);
 5. classification throughput (bases/s, strand-averaged as ``classify`` does) at 2^20.
 
-Steps per length: the budget left after simulation and pretraining is shared equally by the 2 x len(L)
-fine-tuning runs; each gets ``run_s x`` (measured training bases/s) bases, i.e. the same number of bases at
-every length (so fewer segments at longer L; the paper instead trains 10 x 1024 steps of 64 segments at
-every L). The plan (steps x batch per L) is printed first and saved in the JSON.
+Every fine-tuning run gets the same number of training bases (``--train-bases``), so fewer segments at
+longer L (the paper instead trains 10 x 1024 steps of 64 segments at every L); pretraining gets
+``--pretrain-bases``. The numbers therefore do not depend on the time budget, which only decides how much
+of the table one call completes: a (length, model) unit starts only if its estimated time (training and
+testing, from a throughput probe) fits in what is left of ``--budget-s``. Finished units, the pretrained
+weights and the throughput go to ``<out>``; ``--resume-from`` a previous call's ``<out>`` skips what it
+holds (the genomes are simulated again from the seed), so a table that needs more device time than one
+call is built over several:
 
-    python benchmarks/bench_classify.py                  # GPU, ~8 min on one H100; JSON to $OUT
+    python benchmarks/bench_classify.py --budget-s 540                         # first call, JSON to $OUT
+    python benchmarks/bench_classify.py --budget-s 540 --resume-from PREVIOUS  # later calls: the rest
     python benchmarks/bench_classify.py --quick --threads 1   # CPU smoke run: tiny model, 2 Mb genomes, L=2^10, 2^12
 
-With ``$OUT`` set (or ``--out``), the results are written to ``<out>/bench_classify.json`` and the working
-files (genomes, runs) to ``<out>/bench_classify_work`` (``--keep`` keeps them; default removes them).
+With ``$OUT`` set (or ``--out``), the results are written to ``<out>/bench_classify.json`` (rewritten after
+each unit), the pretrained weights to ``<out>/bench_classify_pretrain/``, and the working files (genomes,
+runs) to ``<out>/bench_classify_work`` (``--keep`` keeps them; default removes them).
 """
 
 from __future__ import annotations
@@ -45,7 +51,7 @@ import numpy as np
 import torch
 
 import mamba_dna
-from mamba_dna.classifier import SequenceClassifier, load_classifier
+from mamba_dna.classifier import SequenceClassifier
 from mamba_dna.classify import evaluate_test, finetune, predict_proba
 from mamba_dna.classify_data import build_split, open_classes
 from mamba_dna.config import MambaConfig, preset
@@ -97,11 +103,17 @@ def measure_train_rate(config: MambaConfig, length: int, device: torch.device, r
     return length / float(np.median(times))
 
 
-def classification_throughput(run_dir: Path, length: int, batch: int, device: torch.device) -> dict[str, Any]:
-    """Strand-averaged classification bases/s (as ``mamba-dna classify``: both strands, bf16 on GPU)."""
+def classification_throughput(
+    config: MambaConfig, classes: int, length: int, batch: int, device: torch.device
+) -> dict[str, Any]:
+    """Strand-averaged classification bases/s (as ``mamba-dna classify``: both strands, bf16 on GPU).
+
+    Speed does not depend on the weights, so a fresh classifier of the benchmark's size is timed.
+    """
     from mamba_dna.training.precision import autocast_dtype
 
-    model, _ = load_classifier(run_dir, device)
+    torch.manual_seed(0)
+    model = SequenceClassifier(config, classes).to(device).eval()
     amp = autocast_dtype("auto", device)
     chunk = 2**16 if device.type == "cpu" else None
     rng = np.random.default_rng(0)
@@ -153,6 +165,37 @@ def pretrain_human(
     return train(MambaLMHeadModel(config), task, cfg, out, quiet=True, spec={"task": "bench-pretrain"})
 
 
+VARIANTS = ("scratch", "pretrained")
+
+
+def unit_key(variant: str, length: int) -> str:
+    return f"{variant}/{length}"
+
+
+def test_segments_for(length: int, quick: bool) -> int:
+    """Test segments per class: ~2^24 bases per class, between 8 and 64 segments."""
+    return 16 if quick else max(8, min(64, 2**24 // length))
+
+
+def estimate_s(
+    length: int, train_bases: int, classes: int, rate: float, quick: bool, baseline: bool
+) -> float:
+    """A generous guess of one unit's seconds: training, then both strands of the test segments.
+
+    Inference runs at about 3x the training rate; the k-mer baseline and per-run start-up get a flat 20 s.
+    Training is slower at long L (no batching, gradient checkpointing): 1.5x there.
+    """
+    train = train_bases / rate * (1.5 if length >= 2**17 else 1.0)
+    test = classes * test_segments_for(length, quick) * length * 2 / (3 * rate)
+    return 1.25 * (train + test) + (20.0 if baseline else 10.0)
+
+
+def write_atomic(path: Path, text: str) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(text)
+    os.replace(tmp, path)
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument(
@@ -164,9 +207,17 @@ def main() -> None:
     ap.add_argument(
         "--genome-mb", type=float, default=None, help="ancestral genome length in Mb (default 32)"
     )
-    ap.add_argument("--budget-s", type=float, default=None, help="total time budget (default 480, quick 240)")
     ap.add_argument(
-        "--pretrain-fraction", type=float, default=0.15, help="share of the budget for pretraining"
+        "--train-bases", type=int, default=None, help="bases per fine-tuning run (default 2^26, quick 2^18)"
+    )
+    ap.add_argument(
+        "--pretrain-bases", type=int, default=None, help="pretraining bases (default 2^27, quick 2^19)"
+    )
+    ap.add_argument(
+        "--budget-s", type=float, default=None, help="time budget of this call (default 540, quick 600)"
+    )
+    ap.add_argument(
+        "--resume-from", default=None, help="a previous call's output directory: skip what it holds"
     )
     ap.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: torch's default)")
     ap.add_argument("--seed", type=int, default=0)
@@ -181,18 +232,45 @@ def main() -> None:
         # On a shared, oversubscribed CPU, OpenMP threads that spin-wait for each other made every op
         # 10-30x slower than one thread (measured on 2 busy cores): --threads 1 there.
         torch.set_num_threads(args.threads)
-    budget = args.budget_s or (240.0 if quick else 480.0)
+    budget = args.budget_s or (600.0 if quick else 540.0)
     exps = [int(x) for x in (args.lengths or ("10,12" if quick else "10,12,14,16,18,20")).split(",")]
     lengths = [2**e for e in exps]
     genome_len = int((args.genome_mb or (2 if quick else 32)) * 1_000_000)
+    train_bases = args.train_bases or (2**18 if quick else 2**26)
+    pretrain_bases = args.pretrain_bases or (2**19 if quick else 2**27)
     config = MambaConfig(d_model=32, n_layer=2, d_state=8) if quick else preset(args.preset)
     out = Path(args.out) if args.out else Path(tempfile.mkdtemp(prefix="bench_classify_"))
+    out.mkdir(parents=True, exist_ok=True)
     work = out / "bench_classify_work"
     shutil.rmtree(work, ignore_errors=True)
     work.mkdir(parents=True)
     dev = str(device)
+    # What makes two calls' units comparable: a resumed call must agree on all of it.
+    setup = {
+        "config": config.to_dict(),
+        "genome_length": genome_len,
+        "seed": args.seed,
+        "train_bases": train_bases,
+        "pretrain_bases": pretrain_bases,
+        "quick": quick,
+    }
+    state: dict[str, Any] = {"units": {}, "pretrain": None, "throughput": None, "calls": []}
+    pretrained_dir = out / "bench_classify_pretrain"
+    if args.resume_from:
+        prev_dir = Path(args.resume_from)
+        state = json.loads((prev_dir / "bench_classify.json").read_text())
+        if state["setup"] != setup:
+            sys.exit(f"--resume-from {prev_dir}: made with a different setup: {state['setup']} vs {setup}")
+        if state["pretrain"] is not None and prev_dir.resolve() != out.resolve():
+            shutil.copytree(prev_dir / "bench_classify_pretrain", pretrained_dir, dirs_exist_ok=True)
+        log(f"resuming: {len(state['units'])} units done")
+    state["setup"] = setup
 
-    # 1. genomes
+    def save() -> None:
+        summary = summarize(state, args, device, genome_len, config, lengths)
+        write_atomic(out / "bench_classify.json", json.dumps(summary, indent=2) + "\n")
+
+    # 1. genomes (deterministic in the seed: a resumed call simulates the same ones)
     t = time.perf_counter()
     sim = simulate_apes(genome_len, work / "apes", seed=args.seed, chromosomes=1)
     t_sim = time.perf_counter() - t
@@ -204,89 +282,166 @@ def main() -> None:
     split = build_split(manifest, genomes, max(lengths), seed=args.seed)
     split.save(work / "split.json")
     k = len(genomes)
+    state["classes"] = [g.label for g in genomes]
 
-    # 3. pretraining, sized from a throughput probe
     probe_len = 2**12 if quick else 2**16
     rate = measure_train_rate(config, probe_len, device)
     log(f"training throughput probe: {rate:,.0f} bases/s at L={probe_len:,}")
+    call = {"budget_s": budget, "train_rate_bases_per_s": rate, "simulate_s": t_sim, "units": []}
+    state["calls"].append(call)
+
+    # 3. pretraining (once over all calls)
     pre_max = 2**11 if quick else 2**14
     pre_tokens_per_step = 2**13 if quick else 2**16
-    pre_s = budget * args.pretrain_fraction
-    pre_steps = max(10, int(pre_s * rate * 0.8 / pre_tokens_per_step))
-    t = time.perf_counter()
-    pre = pretrain_human(
-        sim.fasta["human"],
-        split,
-        work / "pretrain",
-        config,
-        pre_steps,
-        pre_max,
-        pre_tokens_per_step,
-        dev,
-        args.seed,
-    )
-    t_pre = time.perf_counter() - t
-    log(f"pretrained {pre_steps} steps in {t_pre:.0f} s: validation {pre['valid']}")
+    pre_steps = max(10, pretrain_bases // pre_tokens_per_step)
+    pre_need = 1.25 * pre_steps * pre_tokens_per_step / rate + 10
+    if state["pretrain"] is None and pre_need > budget - (time.perf_counter() - t_start):
+        log(
+            f"pretraining needs ~{pre_need:.0f} s: left for a later call; only from-scratch units in this one"
+        )
+    elif state["pretrain"] is None:
+        t = time.perf_counter()
+        pre = pretrain_human(
+            sim.fasta["human"],
+            split,
+            work / "pretrain",
+            config,
+            pre_steps,
+            pre_max,
+            pre_tokens_per_step,
+            dev,
+            args.seed,
+        )
+        pretrained_dir.mkdir(exist_ok=True)
+        for name in ("config.json", "model.safetensors"):
+            shutil.copy2(work / "pretrain" / name, pretrained_dir / name)
+        state["pretrain"] = {
+            "steps": pre_steps,
+            "max_len": pre_max,
+            "seconds": time.perf_counter() - t,
+            "valid": pre["valid"],
+            "data": "training regions of the simulated human genome",
+        }
+        log(
+            f"pretrained {pre_steps} steps in {state['pretrain']['seconds']:.0f} s: validation {pre['valid']}"
+        )
+        save()
 
-    # 4. fine-tune and test at each length
-    left = budget - (time.perf_counter() - t_start)
-    run_s = max(5.0, left * 0.7 / (2 * len(lengths)))  # the rest: validation, tests, baselines, throughput
-    plan = []
+    # 4. fine-tune and test, one (length, model) unit at a time, while the budget lasts
+    calibration, ratios = 1.0, []
     for L in lengths:
         batch = batch_for(L, k, quick)
-        steps = max(8, int(run_s * rate * 0.8 / (batch * L)))
-        plan.append({"length": L, "batch": batch, "steps": steps, "segments": steps * batch})
-    log("plan: " + ", ".join(f"L={p['length']:,}: {p['steps']} x {p['batch']}" for p in plan))
-    results = []
-    for p in plan:
-        L, row = p["length"], dict(p)
-        test_segments = max(8, min(64, 2**24 // L)) if not quick else 16
-        common = dict(
-            length=L, steps=p["steps"], batch_size=p["batch"], lr=2e-3, seed=args.seed, device=dev, quiet=True,
-            split=work / "split.json", eval_every=p["steps"], save_every=p["steps"],
-            valid_segments=max(4, min(32, 2**22 // L)), gradient_checkpointing=L >= 2**17,
-            max_batch_tokens=2**13 if quick else 2**17,
-        )  # fmt: skip
-        for name, kw in (
-            ("scratch", {"model_config": config}),
-            ("pretrained", {"from_run": work / "pretrain"}),
-        ):
-            t = time.perf_counter()
-            res = finetune(manifest, work / f"{name}_{L}", **kw, **common)
-            t_ft = time.perf_counter() - t
-            t = time.perf_counter()
-            report = evaluate_test(
-                work / f"{name}_{L}", segments=test_segments, device=dev, baseline=name == "scratch", quiet=True,
-                plot=work / f"{name}_{L}.png",
-            )  # fmt: skip
-            r = report["results"][0]
-            row[name] = {
-                "test_accuracy": r["model"]["accuracy"],
-                "test_macro_f1": r["model"]["macro_f1"],
-                "valid_accuracy": res["valid"]["accuracy"],
-                "finetune_s": t_ft,
-                "test_s": time.perf_counter() - t,
-                "confusion": r["model"]["confusion"],
-            }
-            if r.get("baseline"):
-                row["kmer"] = {
-                    "test_accuracy": r["baseline"]["accuracy"],
-                    "test_macro_f1": r["baseline"]["macro_f1"],
-                    "train_windows": report["baseline"]["train_windows"],
-                }
-            row["test_segments"] = r["n"]
-        results.append(row)
-        log(
-            f"L={L:>9,}: scratch {row['scratch']['test_accuracy']:.1%}  pretrained {row['pretrained']['test_accuracy']:.1%}"
-            f"  k-mer {row['kmer']['test_accuracy']:.1%}  ({time.perf_counter() - t_start:.0f} s elapsed)"
-        )
+        steps = max(8, train_bases // (batch * L))
+        for name in VARIANTS:
+            key = unit_key(name, L)
+            if key in state["units"] or (name == "pretrained" and state["pretrain"] is None):
+                continue
+            left = budget - (time.perf_counter() - t_start)
+            guess = estimate_s(L, steps * batch * L, k, rate, quick, baseline=name == "scratch")
+            need = guess * calibration
+            if need > left:
+                log(f"{key}: needs ~{need:.0f} s, {left:.0f} s left: left for a later call (--resume-from)")
+                continue
+            state["units"][key] = run_unit(
+                name, L, steps, batch, k, config, manifest, work, pretrained_dir, dev, args.seed, quick
+            )
+            call["units"].append(key)
+            u = state["units"][key]
+            took = u["finetune_s"] + u["test_s"]
+            # Later estimates use the worst ratio seen so far in this call: never optimistic, rarely idle.
+            ratios.append(took / guess)
+            calibration = 1.2 * max(ratios)
+            kmer = f", k-mer {u['kmer']['test_accuracy']:.1%}" if "kmer" in u else ""
+            log(f"{key}: {u['test_accuracy']:.1%}{kmer} in {took:.0f} s (estimated {need:.0f} s)")
+            save()
 
     # 5. throughput at the longest length
-    L = max(lengths)
-    tput = classification_throughput(work / f"pretrained_{L}", L, 4 if device.type == "cuda" else 1, device)
+    if state["throughput"] is None and budget - (time.perf_counter() - t_start) > 30:
+        L = max(lengths)
+        batch = 4 if device.type == "cuda" else 1
+        state["throughput"] = classification_throughput(config, k, L, batch, device)
+    call["seconds"] = time.perf_counter() - t_start
+    save()
+    summary = json.loads((out / "bench_classify.json").read_text())
+    print_table(summary, exps)
+    log(f"wrote {out / 'bench_classify.json'} ({call['seconds']:.0f} s in this call)")
+    if not args.keep:
+        shutil.rmtree(work, ignore_errors=True)
 
-    total = time.perf_counter() - t_start
-    summary = {
+
+def run_unit(
+    name: str,
+    L: int,
+    steps: int,
+    batch: int,
+    k: int,
+    config: MambaConfig,
+    manifest: Any,
+    work: Path,
+    pretrained_dir: Path,
+    dev: str,
+    seed: int,
+    quick: bool,
+) -> dict[str, Any]:
+    """Fine-tune one model at one length and test it (the scratch unit also fits the k-mer baseline)."""
+    common = dict(
+        length=L, steps=steps, batch_size=batch, lr=2e-3, seed=seed, device=dev, quiet=True,
+        split=work / "split.json", eval_every=steps, save_every=steps,
+        valid_segments=max(4, min(32, 2**22 // L)), gradient_checkpointing=L >= 2**17,
+        max_batch_tokens=2**13 if quick else 2**17,
+    )  # fmt: skip
+    init = {"model_config": config} if name == "scratch" else {"from_run": pretrained_dir}
+    t = time.perf_counter()
+    res = finetune(manifest, work / f"{name}_{L}", **init, **common)
+    t_ft = time.perf_counter() - t
+    t = time.perf_counter()
+    report = evaluate_test(
+        work / f"{name}_{L}", segments=test_segments_for(L, quick), device=dev, baseline=name == "scratch",
+        quiet=True, plot=work / f"{name}_{L}.png",
+    )  # fmt: skip
+    r = report["results"][0]
+    unit = {
+        "length": L,
+        "steps": steps,
+        "batch": batch,
+        "test_accuracy": r["model"]["accuracy"],
+        "test_macro_f1": r["model"]["macro_f1"],
+        "valid_accuracy": res["valid"]["accuracy"],
+        "finetune_s": t_ft,
+        "test_s": time.perf_counter() - t,
+        "test_segments": r["n"],
+        "confusion": r["model"]["confusion"],
+    }
+    if r.get("baseline"):
+        unit["kmer"] = {
+            "test_accuracy": r["baseline"]["accuracy"],
+            "test_macro_f1": r["baseline"]["macro_f1"],
+            "train_windows": report["baseline"]["train_windows"],
+        }
+    return unit
+
+
+def summarize(
+    state: dict[str, Any],
+    args: argparse.Namespace,
+    device: torch.device,
+    genome_len: int,
+    config: MambaConfig,
+    lengths: list[int],
+) -> dict[str, Any]:
+    """The JSON file: the state a later call resumes from, plus one row per length for the table."""
+    rows = []
+    for L in lengths:
+        row: dict[str, Any] = {"length": L}
+        for name in VARIANTS:
+            unit = state["units"].get(unit_key(name, L))
+            row[name] = unit
+            if unit and "kmer" in unit:
+                row["kmer"] = unit["kmer"]
+        rows.append(row)
+    classes = state.get("classes", [])
+    return {
+        **state,
         "benchmark": "bench_classify",
         "command": " ".join([Path(sys.argv[0]).name, *sys.argv[1:]]),
         "mamba_dna": mamba_dna.__version__,
@@ -295,43 +450,33 @@ def main() -> None:
         if device.type == "cuda"
         else platform.processor() or "cpu",
         "data": "SIMULATED great-ape genomes (mamba_dna.simulate.simulate_apes), not real DNA",
-        "genome_length": genome_len,
-        "classes": [g.label for g in genomes],
-        "chance": 1 / k,
-        "model": {"preset": None if quick else args.preset, "config": config.to_dict()},
-        "pretrain": {
-            "steps": pre_steps,
-            "max_len": pre_max,
-            "seconds": t_pre,
-            "valid": pre["valid"],
-            "data": "training regions of the simulated human genome",
-        },
-        "train_rate_bases_per_s": rate,
-        "results": results,
-        "throughput": tput,
-        "seconds": {"total": total, "simulate": t_sim, "pretrain": t_pre, "budget": budget},
+        "chance": 1 / len(classes) if classes else None,
+        "model": {"preset": None if args.quick else args.preset, "config": config.to_dict()},
+        "results": rows,
+        "pending": [
+            unit_key(n, L) for L in lengths for n in VARIANTS if unit_key(n, L) not in state["units"]
+        ],
         "paper_unverified": {m: {str(2**e): v for e, v in d.items()} for m, d in PAPER_UNVERIFIED.items()},
     }
-    print_table(summary, exps)
-    path = out / "bench_classify.json"
-    path.write_text(json.dumps(summary, indent=2) + "\n")
-    log(f"wrote {path} ({total:.0f} s in all)")
-    if not args.keep:
-        shutil.rmtree(work, ignore_errors=True)
 
 
 def print_table(summary: dict[str, Any], exps: list[int]) -> None:
     paper = summary["paper_unverified"]
     head = ["L", "steps x batch", "scratch", "pretrained", "k-mer", *(f"paper {m}*" for m in paper)]
+
+    def acc(unit: dict[str, Any] | None) -> str:
+        return "pending" if unit is None else f"{unit['test_accuracy']:.1%}"
+
     rows = []
     for r, e in zip(summary["results"], exps, strict=True):
+        done = r["scratch"] or r["pretrained"]
         rows.append(
             [
                 f"2^{e}",
-                f"{r['steps']} x {r['batch']}",
-                f"{r['scratch']['test_accuracy']:.1%}",
-                f"{r['pretrained']['test_accuracy']:.1%}",
-                f"{r['kmer']['test_accuracy']:.1%}",
+                f"{done['steps']} x {done['batch']}" if done else "-",
+                acc(r["scratch"]),
+                acc(r["pretrained"]),
+                acc(r.get("kmer")),
                 *(f"{paper[m].get(str(2**e), float('nan')):.1f}%" for m in paper),
             ]
         )
@@ -340,12 +485,16 @@ def print_table(summary: dict[str, Any], exps: list[int]) -> None:
     print("-+-".join("-" * w for w in widths))
     for row in rows:
         print(" | ".join(c.rjust(w) for c, w in zip(row, widths, strict=True)))
-    t = summary["throughput"]
     print(f"test accuracy on held-out simulated segments (chance {summary['chance']:.0%}); "
           f"* paper numbers recalled, UNVERIFIED (see PAPER_UNVERIFIED)")  # fmt: skip
-    print(
-        f"classification throughput at L={t['length']:,} (both strands, batch {t['batch']}): {t['bases_per_s']:,.0f} bases/s"
-    )
+    t = summary["throughput"]
+    if t:
+        print(
+            f"classification throughput at L={t['length']:,} (both strands, batch {t['batch']}): "
+            f"{t['bases_per_s']:,.0f} bases/s"
+        )
+    if summary["pending"]:
+        print(f"pending (run again with --resume-from): {', '.join(summary['pending'])}")
 
 
 if __name__ == "__main__":
