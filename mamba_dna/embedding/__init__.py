@@ -104,7 +104,7 @@ def embed(
     from mamba_dna.embedding import per_base, pooled
     from mamba_dna.embedding.checksum import checkpoint_sha256
     from mamba_dna.embedding.inputs import open_inputs, plan_jobs
-    from mamba_dna.embedding.journal import open_journal
+    from mamba_dna.embedding.journal import discard, open_journal
     from mamba_dna.embedding.runner import Runner, resolve_device
 
     if not command:
@@ -163,7 +163,7 @@ def embed(
             if not store.finished_with(out, attrs["settings"]):
                 raise UserError(f"{out} exists; use --force to replace it")
             # Killed between the final rename and the clean-up, or simply run twice: nothing left to do.
-            shutil.rmtree(partial, ignore_errors=True)
+            discard(partial)
             run.note(f"{out} is already complete")
             return out
         if resume and not partial.exists():

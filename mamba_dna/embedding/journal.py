@@ -119,6 +119,18 @@ def _lock(directory: Path) -> int:
     return fd
 
 
+def discard(directory: Path) -> None:
+    """Remove a journal (or whatever stands at its path), unless a live process holds its lock."""
+    if directory.is_dir() and not directory.is_symlink():
+        lock_fd = _lock(directory)  # never delete a live run's files
+        try:
+            shutil.rmtree(directory)
+        finally:
+            os.close(lock_fd)
+    elif directory.exists() or directory.is_symlink():
+        directory.unlink()
+
+
 @contextlib.contextmanager
 def open_journal(directory: Path, attrs: dict[str, Any], *, resume: bool) -> Iterator[Journal]:
     """A fresh ``<out>.partial/`` (any old one discarded), or the existing one when ``resume``.
@@ -127,11 +139,7 @@ def open_journal(directory: Path, attrs: dict[str, Any], *, resume: bool) -> Ite
     the new ``command`` and counts the resume.
     """
     if not resume:
-        if directory.exists() or directory.is_symlink():
-            lock_fd = _lock(directory) if directory.is_dir() else None  # never delete a live run's files
-            shutil.rmtree(directory) if directory.is_dir() else directory.unlink()
-            if lock_fd is not None:
-                os.close(lock_fd)
+        discard(directory)
         directory.mkdir()
         lock_fd = _lock(directory)
         write_json(directory / "settings.json", attrs)
