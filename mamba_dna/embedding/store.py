@@ -5,7 +5,7 @@ and ``/end`` (int64, 0-based half-open record coordinates). Per base: ``/per_bas
 d_model) for each record, where ``<key>`` is the record name escaped by :func:`escape_name`, followed by
 ``:<start+1>-<end>`` for a region (samtools style); each such dataset carries ``record``, ``start`` and
 ``end`` attributes, so a track is read by coordinate slice. Every dataset is chunked, compressed (lzf by
-default) and resizable; rows are appended as they are computed.
+default) and resizable, and written once every row is computed (see below).
 
 File attributes: ``format``, ``mamba_dna_version``, ``model_config`` (JSON), ``checkpoint`` and
 ``checkpoint_sha256`` (of ``model.safetensors`` or ``pytorch_model.bin``), ``window``, ``window_source``,
