@@ -118,6 +118,18 @@ def _rev_in_thread(x, P: tl.constexpr, K: tl.constexpr, D1: tl.constexpr, D2: tl
 
 
 @triton.jit
+def _chunk_range(pid_s, seg_chunks, n_chunks, SEGMENTED: tl.constexpr):
+    """The chunks [k_lo, k_hi) a program scans: its segment's, or every chunk of the length."""
+    if SEGMENTED:
+        k_lo = pid_s * seg_chunks
+        k_hi = tl.minimum(k_lo + seg_chunks, n_chunks)
+    else:
+        k_lo = 0
+        k_hi = n_chunks
+    return k_lo, k_hi
+
+
+@triton.jit
 def _scan_fwd_kernel(
     u_ptr,
     delta_ptr,
@@ -182,12 +194,7 @@ def _scan_fwd_kernel(
     state_off = ch * n + st  # (c, state) inside one (d, n) slab
     # This program's segment of the length: chunks [k_lo, k_hi). int32, as the backward explains.
     pid_s = tl.program_id(2)
-    if SEGMENTED:
-        k_lo = pid_s * seg_chunks
-        k_hi = tl.minimum(k_lo + seg_chunks, n_chunks)
-    else:
-        k_lo = 0
-        k_hi = n_chunks
+    k_lo, k_hi = _chunk_range(pid_s, seg_chunks, n_chunks, SEGMENTED)
     seg_row = bidx * n_seg  # (b, segment 0) in the per-segment summaries
     if SUMMARY:
         # Pass 1 of a segmented scan: the segment's own end state from a zero start, and sum(dt), so
@@ -353,12 +360,7 @@ def _scan_bwd_kernel(
     # every position tile int64 and doubled the spills. Unsegmented launches compile the loop exactly as
     # before segments existed (SEGMENTED=False): runtime bounds alone cost 60 more bytes of spills.
     pid_s = tl.program_id(2) + seg0
-    if SEGMENTED:
-        k_lo = pid_s * seg_chunks
-        k_hi = tl.minimum(k_lo + seg_chunks, n_chunks)
-    else:
-        k_lo = 0
-        k_hi = n_chunks
+    k_lo, k_hi = _chunk_range(pid_s, seg_chunks, n_chunks, SEGMENTED)
     seg_row = bidx * n_seg
     # mu = exp(dt_t0 A) lambda_t0 of the chunk after the current one: what flows into the last
     # position of the current chunk. For the last chunk it is dL/d(last state).
