@@ -51,6 +51,7 @@ import numpy as np
 import torch
 
 import mamba_dna
+from mamba_dna.atomic import write_json
 from mamba_dna.classifier import SequenceClassifier
 from mamba_dna.classify import evaluate_test, finetune, predict_proba
 from mamba_dna.classify_data import build_split, open_classes
@@ -190,12 +191,6 @@ def estimate_s(
     return 1.25 * (train + test) + (20.0 if baseline else 10.0)
 
 
-def write_atomic(path: Path, text: str) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(text)
-    os.replace(tmp, path)
-
-
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument(
@@ -266,9 +261,10 @@ def main() -> None:
         log(f"resuming: {len(state['units'])} units done")
     state["setup"] = setup
 
-    def save() -> None:
+    def save() -> dict[str, Any]:
         summary = summarize(state, args, device, genome_len, config, lengths)
-        write_atomic(out / "bench_classify.json", json.dumps(summary, indent=2) + "\n")
+        write_json(out / "bench_classify.json", summary)
+        return summary
 
     # 1. genomes (deterministic in the seed: a resumed call simulates the same ones)
     t = time.perf_counter()
@@ -361,8 +357,7 @@ def main() -> None:
         batch = 4 if device.type == "cuda" else 1
         state["throughput"] = classification_throughput(config, k, L, batch, device)
     call["seconds"] = time.perf_counter() - t_start
-    save()
-    summary = json.loads((out / "bench_classify.json").read_text())
+    summary = save()
     print_table(summary, exps)
     log(f"wrote {out / 'bench_classify.json'} ({call['seconds']:.0f} s in this call)")
     if not args.keep:

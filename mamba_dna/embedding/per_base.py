@@ -65,7 +65,7 @@ def _lanes(prog: Progress) -> list[Lane]:
 
 
 def total_bases(run: Runner) -> int:
-    return run.passes * sum(j.length for j in run.jobs)
+    return run.passes * total_rows(run)
 
 
 def bases_done(run: Runner, prog: Progress | None) -> int:
