@@ -21,7 +21,7 @@ from typer.testing import CliRunner, Result
 
 from mamba_dna.checkpoint import save_model
 from mamba_dna.config import MambaConfig
-from mamba_dna.embedding import load_embeddings
+from mamba_dna.embedding import load_embeddings, store
 from mamba_dna.model import MambaLMHeadModel
 
 
@@ -222,6 +222,30 @@ def test_resume_after_sigkill_per_base_rc_average(tmp_path: Path, run_dir: Path)
     reference = tmp_path / "ref.h5"
     assert embed(*args, "-o", reference, "--quiet").exit_code == 0
     _assert_same_contents(out, reference)
+
+
+def test_resume_refuses_a_damaged_or_foreign_work_directory(
+    tmp_path: Path, run_dir: Path, fasta: Path
+) -> None:
+    out, partial = tmp_path / "e.h5", tmp_path / "e.h5.partial"
+    partial.mkdir()  # a directory of that name that no run made
+    assert_one_clean_error(embed(run_dir, fasta, "-o", out, "--resume"), "not a partial embedding run")
+
+    # A run interrupted after its last batch, whose row file then lost its tail (a full disk, a bad copy).
+    args: list[object] = [run_dir, fasta, "-o", out, "--window", 64, "--quiet"]
+    assert embed(*args, "--force").exit_code == 0
+    out.unlink()
+
+    def interrupt(*_: object) -> None:
+        raise KeyboardInterrupt
+
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(store, "assemble", interrupt)
+        assert embed(*args).exit_code != 0
+    rows = partial / "pooled-0.bin"
+    rows.write_bytes(rows.read_bytes()[:-8])
+    assert_one_clean_error(embed(*args, "--resume"), "shorter than its recorded progress")
+    assert not out.exists()
 
 
 def test_force_replaces_only_a_finished_file(tmp_path: Path, run_dir: Path, fasta: Path) -> None:
