@@ -22,6 +22,21 @@ from mamba_dna.kernels import (
 )
 
 
+def weight_times(weight: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+    """``weight`` (m, k) applied to every position of x (b, k, l): (b, m, l), length-contiguous.
+
+    A batched product with the weight broadcast over the batch, rather than ``torch.matmul``, which for
+    b > 1 folds the batch into the length with a copy of x, and autograd then keeps that copy. Under
+    autocast the weight is cast before it is broadcast: autocast would otherwise materialise (and keep)
+    a (b, m, k) cast of the broadcast view.
+    """
+    device = x.device.type
+    if torch.is_autocast_enabled(device):
+        dtype = torch.get_autocast_dtype(device)
+        weight, x = weight.to(dtype), x.to(dtype)
+    return torch.bmm(weight.expand(x.shape[0], -1, -1), x)
+
+
 @dataclass
 class LayerState:
     """The recurrent state of one layer: the last ``d_conv - 1`` conv inputs and the SSM state."""
@@ -74,15 +89,31 @@ class Mamba(nn.Module):
                 self.B_lti.to(x.dtype)[None, :, None].expand(b, n, length),
                 self.C_lti.to(x.dtype)[None, :, None].expand(b, n, length),
             )
-        x_dbl = self.x_proj(x.transpose(1, 2))  # (b, l, r + 2n)
-        dt, B, C = torch.split(x_dbl, [self.config.dt_rank_value, n, n], dim=-1)
-        dt = F.linear(dt, self.dt_proj.weight).transpose(1, 2)  # the bias goes into the scan, fused
-        return dt, B.transpose(1, 2), C.transpose(1, 2)
+        # Weight @ activation keeps the length contiguous: dt comes out (b, d, l) as the scan reads it, and
+        # B and C are row slices of one (b, r + 2n, l) product, so nothing is transposed or copied.
+        x_dbl = weight_times(self.x_proj.weight, x)  # (b, r + 2n, l)
+        dt, B, C = torch.split(x_dbl, [self.config.dt_rank_value, n, n], dim=1)
+        dt = weight_times(self.dt_proj.weight, dt)  # the bias goes into the scan, fused
+        return dt, B, C
+
+    def _in_proj(self, hidden: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """x and z (b, d_inner, l), each contiguous, from hidden (b, l, d_model).
+
+        Two products with the halves of ``in_proj.weight`` instead of one (same FLOPs): each output is its
+        own contiguous (b, d, l) tensor, so the conv and the scan read them in place. A transposed view of
+        one (b, l, 2d) product would make the scan copy z and the conv output, and autograd would keep
+        those copies beside the originals (2 KiB per base per layer at d_inner 512 in bf16).
+        """
+        d = self.config.d_inner
+        w, bias, h = self.in_proj.weight, self.in_proj.bias, hidden.mT
+        x, z = weight_times(w[:d], h), weight_times(w[d:], h)
+        if bias is not None:
+            x, z = x + bias[:d, None].to(x.dtype), z + bias[d:, None].to(z.dtype)
+        return x, z
 
     def forward(self, hidden: torch.Tensor, state: LayerState | None = None) -> torch.Tensor:
         """hidden (b, l, d_model) -> (b, l, d_model). With ``state``, continue from it and update it."""
-        xz = self.in_proj(hidden).transpose(1, 2)  # (b, 2 d_inner, l), a view: no copy
-        x, z = xz.chunk(2, dim=1)
+        x, z = self._in_proj(hidden)
         conv_w = self.conv1d.weight.squeeze(1)
         if state is None:
             x = causal_conv1d(x, conv_w, self.conv1d.bias, "silu")
@@ -107,7 +138,7 @@ class Mamba(nn.Module):
             y, last = y
             state.conv.copy_(conv_final)
             state.ssm.copy_(last)
-        return self.out_proj(y.transpose(1, 2))
+        return self.out_proj(y.mT)
 
     def step(self, hidden: torch.Tensor, state: LayerState) -> torch.Tensor:
         """One position: hidden (b, d_model) -> (b, d_model), advancing ``state`` in place."""
