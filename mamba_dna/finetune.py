@@ -41,8 +41,10 @@ from mamba_dna.training import distributed as D
 
 SPLIT_FILE = "split.json"
 # Defaults for the no-argument quickstart on CPU (bundled mtDNA, tiny model): 100 steps of 8 segments of 1 kb
-# (half the bases of the default pretraining). Measured from scratch with these settings: held-out test
-# accuracy 63 % (chance 25 %), k-mer baseline 32 %; see benchmarks/RESULTS.md.
+# (half the bases of the default pretraining), sized to take a few minutes on 2 cores. That budget is too small
+# to learn this task: fine-tuned from the quickstart's pretrained model the validation accuracy stays at chance
+# (25 %, loss ln 4 throughout; re-measured 2026-12-06), against 32-34 % for the k-mer baseline, and
+# from scratch with lr 1e-2 and 150 steps it reached 32.8 % (benchmarks/RESULTS.md). Larger runs: --steps.
 DEFAULTS: dict[str, Any] = {
     "length": 1024,
     "steps": 100,
