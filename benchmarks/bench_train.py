@@ -5,6 +5,8 @@ Each step holds ``--tokens-per-step`` bases (2^20 by default: batch 1 at 2^20, 2
 into micro-batches of at most ``--max-batch-tokens`` bases with gradient accumulation, exactly as the
 training loop does (bf16 autocast on CUDA, fused AdamW, gradient clipping). Activation checkpointing is
 switched on only where a step would not fit otherwise (``--checkpointing auto``), and the table says where.
+The PyTorch reference path (about 100x slower on a GPU) is timed on ``--reference-tokens-per-step`` bases
+(2^16) up to 2^``--reference-max-log2`` (2^14), one step after one warm-up.
 
 Single GPU (writes bench_train.json into $OUT, or --out):
 
@@ -136,15 +138,24 @@ def run_one(
 ) -> dict[str, Any]:
     """Measure without activation checkpointing first (auto), with it after an out-of-memory error."""
     modes = {"auto": [False, True], "on": [True], "off": [False]}[args.checkpointing]
-    # The reference scan keeps its per-chunk states for autograd: it needs far smaller micro-batches.
-    max_batch = args.max_batch_tokens if backend == "triton" else args.reference_max_batch_tokens
+    if backend == "triton":
+        tokens, max_batch, warmup, steps = (
+            args.tokens_per_step,
+            args.max_batch_tokens,
+            args.warmup,
+            args.steps,
+        )
+    else:
+        # The reference path is ~100x slower, and its scan keeps per-chunk states for autograd: smaller
+        # steps and micro-batches, one timed step after one warm-up.
+        tokens, max_batch = args.reference_tokens_per_step, args.reference_max_batch_tokens
+        warmup, steps = min(args.warmup, 1), min(args.steps, 1)
     last_error = ""
     for ckpt in modes:
         try:
             return measure(
-                name, length, fasta=args.fasta, tokens_per_step=args.tokens_per_step,
-                max_batch_tokens=max_batch, backend=backend, checkpointing=ckpt, info=info,
-                warmup=args.warmup, steps=args.steps,
+                name, length, fasta=args.fasta, tokens_per_step=tokens, max_batch_tokens=max_batch,
+                backend=backend, checkpointing=ckpt, info=info, warmup=warmup, steps=steps,
             )  # fmt: skip
         except torch.OutOfMemoryError as e:
             last_error = f"out of memory ({str(e).splitlines()[0][:80]})"
@@ -196,7 +207,10 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--tokens-per-step", type=int, default=2**20)
     p.add_argument("--max-batch-tokens", type=int, default=2**20)
     p.add_argument("--checkpointing", choices=("auto", "on", "off"), default="auto")
-    p.add_argument("--reference-max-log2", type=int, default=16, help="longest length for the reference path")
+    p.add_argument("--reference-max-log2", type=int, default=14, help="longest length for the reference path")
+    p.add_argument(
+        "--reference-tokens-per-step", type=int, default=2**16, help="bases per step of the reference path"
+    )
     p.add_argument(
         "--reference-max-batch-tokens", type=int, default=2**16, help="micro-batch size of the reference path"
     )
@@ -214,6 +228,7 @@ def main(argv: list[str] | None = None) -> None:
     if args.quick:
         args.presets, args.lengths, args.device = "tiny", "7,8", "cpu"
         args.tokens_per_step, args.max_batch_tokens, args.warmup, args.steps = 512, 512, 0, 1
+        args.reference_tokens_per_step = 512
         args.backends, args.checkpointing = "reference", "off"
     if args.fasta is None:
         from mamba_dna.datasets.fasta import bundled_genome
@@ -242,6 +257,7 @@ def main(argv: list[str] | None = None) -> None:
         "world_size": info.world_size,
         "fasta": args.fasta,
         "tokens_per_step": args.tokens_per_step,
+        "reference_tokens_per_step": args.reference_tokens_per_step,
         "max_batch_tokens": args.max_batch_tokens,
     }
     print(f"# training throughput ({env['device']}, {info.world_size} process(es), torch {env['torch']})")
