@@ -1,10 +1,14 @@
 """Triton RMSNorm with the fused residual add of mamba_ssm's ``rms_norm_fn``, forward and backward.
 
 Rows are the flattened leading dimensions, normalised over the last one (held whole in registers).
-The forward runs one program per block of rows and saves only 1/rms per row; the backward recomputes
-``x + residual`` in float32 from the inputs rather than reading back the stored sum, which may have
-been rounded to bf16. Backward programs stride over the row blocks and keep their d(weight) sums in
-registers, so the partial-sum buffer has one row per program, not one per row block. Offsets are int64.
+The forward runs one program per block of rows and saves only 1/rms per row besides its inputs. The
+backward needs ``s = x + residual`` in float32: when the forward returns that sum in float32 (prenorm with
+``residual_in_fp32``, the model's default), it is saved instead of x and the residual, so autograd keeps
+one tensor per layer that the next block holds anyway as its residual (in the model this frees x, the
+mixer's output: 512 bytes per base and layer at d_model 256 in bf16). Otherwise the backward recomputes
+the sum from the inputs rather than reading back a sum rounded to bf16. Backward programs stride over the
+row blocks and keep their d(weight) sums in registers, so the partial-sum buffer has one row per program,
+not one per row block. Offsets are int64.
 """
 
 from __future__ import annotations
@@ -166,8 +170,12 @@ class _RMSNormFn(torch.autograd.Function):
             HAS_RESIDUAL=res2 is not None, STORE_RESIDUAL=prenorm,
             BLOCK_M=BLOCK_M, BLOCK_N=BLOCK_N, num_warps=num_warps,
         )  # fmt: skip
-        ctx.save_for_backward(x2, res2, w, rstd)
+        if res_out is not None and res_out.dtype == torch.float32:
+            ctx.save_for_backward(res_out, None, w, rstd)  # the exact sum: x and residual can be freed
+        else:
+            ctx.save_for_backward(x2, res2, w, rstd)
         ctx.shape = shape
+        ctx.x_dtype = x.dtype
         ctx.weight_dtype = weight.dtype
         ctx.residual_dtype = residual.dtype if residual is not None else None
         ctx.set_materialize_grads(False)
@@ -177,13 +185,15 @@ class _RMSNormFn(torch.autograd.Function):
 
     @staticmethod
     def backward(ctx, dout: torch.Tensor | None, dres_out: torch.Tensor | None = None):
+        # x2 is x, or the float32 sum x + residual (then res2 is None and the kernel reads the sum as x).
         x2, res2, w, rstd = ctx.saved_tensors
         M, N = x2.shape
         dy = _rows(dout) if dout is not None else x2.new_zeros(M, N)
         dres_out2 = _rows(dres_out) if dres_out is not None else None
-        dx = torch.empty(M, N, dtype=x2.dtype, device=x2.device)
+        dx = torch.empty(M, N, dtype=ctx.x_dtype, device=x2.device)
         # The residual's gradient equals x's; it needs its own buffer only in another dtype.
-        store_dres = res2 is not None and ctx.residual_dtype != x2.dtype
+        has_res = ctx.residual_dtype is not None
+        store_dres = has_res and ctx.residual_dtype != ctx.x_dtype
         dres = torch.empty(M, N, dtype=ctx.residual_dtype, device=x2.device) if store_dres else dx
         BLOCK_M, BLOCK_N, num_warps = _tile(N)
         n_row_blocks = triton.cdiv(M, BLOCK_M)
@@ -199,7 +209,7 @@ class _RMSNormFn(torch.autograd.Function):
         )  # fmt: skip
         # A fixed-order sum of the per-program partials: deterministic, no atomics.
         dweight = dw_part.sum(0).to(ctx.weight_dtype)
-        dresidual = dres.view(ctx.shape) if res2 is not None else None
+        dresidual = dres.view(ctx.shape) if has_res else None
         return dx.view(ctx.shape), dweight, dresidual, None, None, None
 
 

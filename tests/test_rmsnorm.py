@@ -79,6 +79,25 @@ def test_bf16_input_fp32_residual_and_weight():
     check_all(x, weight, residual, True, True, TOL[torch.bfloat16], seed=1)
 
 
+def test_fp32_prenorm_saves_the_sum_not_its_inputs():
+    # The model's case: autograd keeps the float32 sum (which the next block holds as its residual
+    # anyway), not the bf16 x beside it; the gradients still match (test_bf16_input_fp32_residual...).
+    g = torch.Generator().manual_seed(5)
+    x = torch.randn(2, 7, 100, generator=g).to(torch.bfloat16).requires_grad_()
+    residual = torch.randn(2, 7, 100, generator=g).requires_grad_()
+    weight = torch.randn(100, generator=g).requires_grad_()
+    saved = []
+    with torch.autograd.graph.saved_tensors_hooks(lambda t: saved.append(t) or t, lambda t: t):
+        out, res_sum = rms_norm_triton(x, weight, residual, EPS, True, True)
+    per_row = [t for t in saved if t.numel() >= x.numel()]
+    assert (
+        len(per_row) == 1 and per_row[0].untyped_storage().data_ptr() == res_sum.untyped_storage().data_ptr()
+    )
+    dx, dres = torch.autograd.grad((out.float() * 2).sum() + res_sum.sum(), (x, residual))
+    assert dx.dtype == torch.bfloat16 and dres.dtype == torch.float32
+    assert rel_err(dx.float(), dres) < 1e-2  # d/dx and d/dresidual of a function of x + residual agree
+
+
 def test_noncontiguous_and_unused_output():
     # x a transposed view; only the residual sum feeds the loss, so no gradient reaches `out`.
     g = torch.Generator().manual_seed(2)
