@@ -26,15 +26,30 @@ def weight_times(weight: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
     """``weight`` (m, k) applied to every position of x (b, k, l): (b, m, l), length-contiguous.
 
     A batched product with the weight broadcast over the batch, rather than ``torch.matmul``, which for
-    b > 1 folds the batch into the length with a copy of x, and autograd then keeps that copy. Under
-    autocast the weight is cast before it is broadcast: autocast would otherwise materialise (and keep)
-    a (b, m, k) cast of the broadcast view.
+    b > 1 folds the batch into the length with a copy of x, and autograd then keeps that copy.
     """
+    weight, x = _autocast_pair(weight, x)
+    return torch.bmm(weight.expand(x.shape[0], -1, -1), x)
+
+
+def weight_times_rows(weight: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+    """The same product laid out (b, l, m), one contiguous row per position, as the residual stream is.
+
+    x enters as a transposed operand of the batched product, so neither it nor the output is copied (a
+    linear layer on ``x.mT`` copies x for b > 1, and autograd keeps the copy).
+    """
+    weight, x = _autocast_pair(weight, x)
+    return torch.bmm(x.mT, weight.mT.expand(x.shape[0], -1, -1))
+
+
+def _autocast_pair(weight: torch.Tensor, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    # Cast the weight before it is broadcast over the batch: autocast would otherwise materialise (and
+    # keep for the backward pass) a (b, m, k) cast of the broadcast view.
     device = x.device.type
     if torch.is_autocast_enabled(device):
         dtype = torch.get_autocast_dtype(device)
-        weight, x = weight.to(dtype), x.to(dtype)
-    return torch.bmm(weight.expand(x.shape[0], -1, -1), x)
+        return weight.to(dtype), x.to(dtype)
+    return weight, x
 
 
 @dataclass
@@ -138,7 +153,8 @@ class Mamba(nn.Module):
             y, last = y
             state.conv.copy_(conv_final)
             state.ssm.copy_(last)
-        return self.out_proj(y.mT)
+        out = weight_times_rows(self.out_proj.weight, y)
+        return out if self.out_proj.bias is None else out + self.out_proj.bias.to(out.dtype)
 
     def step(self, hidden: torch.Tensor, state: LayerState) -> torch.Tensor:
         """One position: hidden (b, d_model) -> (b, d_model), advancing ``state`` in place."""

@@ -14,7 +14,7 @@ from mamba_dna.kernels.selective_scan_ref import selective_scan_ref
 
 from mamba_dna import mixer as mixer_module
 from mamba_dna.config import MambaConfig
-from mamba_dna.mixer import Mamba, weight_times
+from mamba_dna.mixer import Mamba, weight_times, weight_times_rows
 
 
 def _layer(bias: bool, seed: int = 0) -> Mamba:
@@ -71,23 +71,25 @@ def test_the_scan_gets_length_contiguous_inputs(monkeypatch, batch):
         assert seen[name].stride(-1) == 1, name  # row slices of one product: only their batch stride differs
 
 
-def test_weight_times_keeps_no_copy_for_backward():
+@pytest.mark.parametrize("rows", [False, True])
+def test_weight_times_keeps_no_copy_for_backward(rows):
     w = torch.randn(6, 5, requires_grad=True)
     x = torch.randn(3, 5, 11, requires_grad=True)  # batch > 1: where torch.matmul would fold with a copy
     saved = []
     with torch.autograd.graph.saved_tensors_hooks(lambda t: saved.append(t) or t, lambda t: t):
-        out = weight_times(w, x)
-    assert out.is_contiguous() and out.shape == (3, 6, 11)
-    assert torch.allclose(out, torch.einsum("mk,bkl->bml", w, x), atol=1e-6)
+        out = weight_times_rows(w, x) if rows else weight_times(w, x)
+    assert out.is_contiguous() and out.shape == ((3, 11, 6) if rows else (3, 6, 11))
+    want = torch.einsum("mk,bkl->bml", w, x)
+    assert torch.allclose(out, want.mT if rows else want, atol=1e-6)
     # What autograd keeps: x itself (same storage) and a stride-0 view of the weight, nothing of size b x l.
     big = [t for t in saved if t.untyped_storage().nbytes() >= x.untyped_storage().nbytes()]
     assert big and all(t.untyped_storage().data_ptr() == x.untyped_storage().data_ptr() for t in big)
-    assert all(
-        t.untyped_storage().nbytes() <= w.untyped_storage().nbytes() for t in saved if t.shape[-1] == 5
-    )
+    weights = [t for t in saved if t.shape[-2:] in ((6, 5), (5, 6))]
+    assert weights and all(t.untyped_storage().nbytes() <= w.untyped_storage().nbytes() for t in weights)
 
 
 def test_weight_times_under_autocast_casts_the_weight_once():
+    torch.manual_seed(0)
     w = torch.randn(6, 5, requires_grad=True)
     x = torch.randn(4, 5, 11).bfloat16().requires_grad_()
     saved = []
@@ -99,4 +101,5 @@ def test_weight_times_under_autocast_casts_the_weight_once():
     weights = [t for t in saved if t.shape[-2:] == (6, 5)]
     assert weights and all(t.untyped_storage().nbytes() == 6 * 5 * 2 for t in weights)
     out.float().sum().backward()
-    assert torch.allclose(w.grad, x.float().sum((0, 2))[None, :].expand(6, 5), rtol=1e-2)
+    # d(sum)/dw[m, k] = sum over batch and length of x[:, k, :]; bf16 inputs and products: 2% tolerance.
+    assert torch.allclose(w.grad, x.float().sum((0, 2))[None, :].expand(6, 5), rtol=2e-2, atol=2e-2)
