@@ -9,6 +9,7 @@ any method of the model (``hidden_states``, a classifier head) and still have it
 
 from __future__ import annotations
 
+import atexit
 import os
 from dataclasses import dataclass, field
 
@@ -73,9 +74,17 @@ def setup(device: str = "auto") -> DistInfo:
         torch.cuda.set_device(dev)
     if not dist.is_initialized():
         dist.init_process_group("nccl" if dev.type == "cuda" else "gloo")
+        # Leave the group before the interpreter tears down: a gloo group still alive at exit can abort
+        # the process ("terminate called without an active exception") after a run that succeeded.
+        atexit.register(_leave_group)
     if dist.get_world_size() != world:
         raise UserError(f"WORLD_SIZE={world} but the process group has {dist.get_world_size()} processes")
     return DistInfo(rank=dist.get_rank(), world_size=world, local_rank=local_rank, device=dev)
+
+
+def _leave_group() -> None:
+    if dist.is_initialized():
+        dist.destroy_process_group()
 
 
 def all_reduce_sum(t: torch.Tensor, info: DistInfo) -> torch.Tensor:
