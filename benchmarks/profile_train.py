@@ -115,7 +115,8 @@ def one_length(args: argparse.Namespace, length: int) -> dict[str, Any]:
         k["count"] += evt.count
     fams: dict[str, float] = {}
     for name, k in kernels.items():
-        fams[family(name)] = fams.get(family(name), 0.0) + k["ms"]
+        fam = family(name)
+        fams[fam] = fams.get(fam, 0.0) + k["ms"]
     return {
         "length": length,
         "batch": batch,

@@ -22,24 +22,28 @@ from mamba_dna.kernels import (
 )
 
 
-def weight_times(weight: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
-    """``weight`` (m, k) applied to every position of x (b, k, l): (b, m, l), length-contiguous.
+def weight_times(weight: torch.Tensor, x: torch.Tensor, bias: torch.Tensor | None = None) -> torch.Tensor:
+    """``weight`` (m, k) (+ ``bias`` (m,)) applied to every position of x (b, k, l): (b, m, l), length-contiguous.
 
     A batched product with the weight broadcast over the batch, rather than ``torch.matmul``, which for
     b > 1 folds the batch into the length with a copy of x, and autograd then keeps that copy.
     """
     weight, x = _autocast_pair(weight, x)
-    return torch.bmm(weight.expand(x.shape[0], -1, -1), x)
+    out = torch.bmm(weight.expand(x.shape[0], -1, -1), x)
+    return out if bias is None else out + bias.to(out.dtype)[:, None]
 
 
-def weight_times_rows(weight: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+def weight_times_rows(
+    weight: torch.Tensor, x: torch.Tensor, bias: torch.Tensor | None = None
+) -> torch.Tensor:
     """The same product laid out (b, l, m), one contiguous row per position, as the residual stream is.
 
     x enters as a transposed operand of the batched product, so neither it nor the output is copied (a
     linear layer on ``x.mT`` copies x for b > 1, and autograd keeps the copy).
     """
     weight, x = _autocast_pair(weight, x)
-    return torch.bmm(x.mT, weight.mT.expand(x.shape[0], -1, -1))
+    out = torch.bmm(x.mT, weight.mT.expand(x.shape[0], -1, -1))
+    return out if bias is None else out + bias.to(out.dtype)
 
 
 def _autocast_pair(weight: torch.Tensor, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -121,10 +125,9 @@ class Mamba(nn.Module):
         """
         d = self.config.d_inner
         w, bias, h = self.in_proj.weight, self.in_proj.bias, hidden.mT
-        x, z = weight_times(w[:d], h), weight_times(w[d:], h)
-        if bias is not None:
-            x, z = x + bias[:d, None].to(x.dtype), z + bias[d:, None].to(z.dtype)
-        return x, z
+        if bias is None:
+            return weight_times(w[:d], h), weight_times(w[d:], h)
+        return weight_times(w[:d], h, bias[:d]), weight_times(w[d:], h, bias[d:])
 
     def forward(self, hidden: torch.Tensor, state: LayerState | None = None) -> torch.Tensor:
         """hidden (b, l, d_model) -> (b, l, d_model). With ``state``, continue from it and update it."""
@@ -153,8 +156,7 @@ class Mamba(nn.Module):
             y, last = y
             state.conv.copy_(conv_final)
             state.ssm.copy_(last)
-        out = weight_times_rows(self.out_proj.weight, y)
-        return out if self.out_proj.bias is None else out + self.out_proj.bias.to(out.dtype)
+        return weight_times_rows(self.out_proj.weight, y, self.out_proj.bias)
 
     def step(self, hidden: torch.Tensor, state: LayerState) -> torch.Tensor:
         """One position: hidden (b, d_model) -> (b, d_model), advancing ``state`` in place."""

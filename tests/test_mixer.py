@@ -1,6 +1,6 @@
 """The S6 mixer's data layout: the scan gets length-contiguous tensors, and autograd keeps no copies.
 
-On an H100 the transposed views of one (b, l, 2d) in_proj product cost a 3.5M model 1.0 s of strided copies
+On an H100 the transposed views of one (b, l, 2d) in_proj product cost a 3.5M model 1.16 s of strided copies
 per 2^20-base training step (benchmarks/RESULTS.md); these tests pin the layout that removed them, and
 check that it still computes the textbook block.
 """
