@@ -310,11 +310,14 @@ def time_conv(b: int, d: int, L: int, dtype: torch.dtype) -> dict:
     return {"conv_fwd_ms": fwd, "conv_fwdbwd_ms": both}
 
 
-# Tile alternatives (P, NL, num_warps) that --tune times at TUNE_D x TUNE_L, after checking each at
-# TUNE_CHECK = (batch, d, n, length) against the reference. A backward tile is paired with the chosen
-# forward tile, so its P must match. Earlier runs' alternatives and times are in kernel_notes.md.
+# Tile alternatives (P, NL, num_warps[, maxnreg]) that --tune times at TUNE_D x TUNE_L, after checking
+# each at TUNE_CHECK = (batch, d, n, length) against the reference. A backward tile is paired with the
+# chosen forward tile, so it must cut the forward's chunk (K * P) into P lanes of at most K positions.
+# The backward is latency-bound: (8, 4, 1) and (16, 2, 1) hold one channel per warp, which ptxas fits
+# in 255 registers without the spills of (8, 2, 1); the 168-register caps trade spills for a third more
+# resident warps. Earlier runs' alternatives and times are in kernel_notes.md.
 TUNE_FWD = [(8, 4, 4), (8, 2, 2)]
-TUNE_BWD = [(8, 2, 2), (8, 2, 1)]
+TUNE_BWD = [(8, 2, 1), (8, 4, 1), (16, 2, 1), (8, 4, 1, 168), (16, 2, 1, 168)]
 TUNE_CHECK, TUNE_D, TUNE_L = (2, 64, 16, 1000), 1536, 2**20
 
 
@@ -344,8 +347,13 @@ def tune(dtypes: list[torch.dtype], log: list[dict]) -> None:
     for dtype in dtypes:
         k = 16 // torch.empty(0, dtype=dtype).element_size()
         bwd0 = SST.TILES[k][1]
-        fwd = min(TUNE_FWD, key=lambda f: _trial(dtype, "fwd", (f, bwd0 if bwd0[0] == f[0] else f), log))
-        bwd = min((b for b in TUNE_BWD if b[0] == fwd[0]), key=lambda b: _trial(dtype, "bwd", (fwd, b), log))
+
+        def fits(f: tuple, b: tuple, k: int = k) -> bool:
+            chunk = k * f[0]
+            return chunk % b[0] == 0 and chunk // b[0] <= k
+
+        fwd = min(TUNE_FWD, key=lambda f: _trial(dtype, "fwd", (f, bwd0 if fits(f, bwd0) else f), log))
+        bwd = min((b for b in TUNE_BWD if fits(fwd, b)), key=lambda b: _trial(dtype, "bwd", (fwd, b), log))
         SST.TILES[k] = (fwd, bwd)
         print(f"  chosen for {str(dtype)[6:]}: TILES[{k}] = {SST.TILES[k]}")
         log.append({"chosen": str(dtype)[6:], "tiles": SST.TILES[k]})
@@ -455,6 +463,9 @@ def main() -> None:
                     "  " + json.dumps({k: round(v, 4) if isinstance(v, float) else v for k, v in row.items()})
                 )
         res["resources"] = kernel_resources()
+        res["tiles"] = {k: list(v) for k, v in SST.TILES.items()}
+        # What bench_train.py --scan-tiles reads, so a training run in the same call uses the tuned tiles.
+        (out_dir / "scan_tiles.json").write_text(json.dumps(res["tiles"]) + "\n")
         print_table(res)
     finally:
         sys.stdout = sys.__stdout__

@@ -219,6 +219,11 @@ def main(argv: list[str] | None = None) -> None:
         default="triton,reference",
         help="kernel paths to time (reference only up to the length above)",
     )
+    p.add_argument(
+        "--scan-tiles",
+        default=None,
+        help="JSON of the selective scan's TILES to train with (bench_kernels.py --tune writes scan_tiles.json)",
+    )
     p.add_argument("--warmup", type=int, default=2)
     p.add_argument("--steps", type=int, default=5)
     p.add_argument("--device", default="auto")
@@ -234,6 +239,11 @@ def main(argv: list[str] | None = None) -> None:
         from mamba_dna.datasets.fasta import bundled_genome
 
         args.fasta = str(bundled_genome("ecoli_k12_mg1655"))
+    if args.scan_tiles:
+        from mamba_dna.kernels import selective_scan_triton
+
+        tiles = json.loads(Path(args.scan_tiles).read_text())
+        selective_scan_triton.TILES.update({int(k): tuple(map(tuple, v)) for k, v in tiles.items()})
     info = D.setup(args.device)
     wanted = [b.strip() for b in args.backends.split(",") if b.strip()]
     if info.device.type != "cuda":
@@ -259,6 +269,7 @@ def main(argv: list[str] | None = None) -> None:
         "tokens_per_step": args.tokens_per_step,
         "reference_tokens_per_step": args.reference_tokens_per_step,
         "max_batch_tokens": args.max_batch_tokens,
+        "scan_tiles": args.scan_tiles and json.loads(Path(args.scan_tiles).read_text()),
     }
     print(f"# training throughput ({env['device']}, {info.world_size} process(es), torch {env['torch']})")
     order = args.presets.split(",")

@@ -24,6 +24,7 @@ import subprocess
 import tempfile
 from pathlib import Path
 
+import torch
 import triton
 from triton.backends.compiler import GPUTarget
 from triton.compiler import ASTSource
@@ -44,7 +45,10 @@ BF16_ARGS = {
 DIVISIBLE_ARGS = {"d", "L", "n", "dpg"}  # what the runtime's specialisation sees at d = 1536, L = 2^k
 
 
-def compile_one(kern, const: dict, num_warps: int, ptxas: str, keep: Path | None) -> str:
+def compile_one(kern, const: dict, ptxas: str, keep: Path | None) -> str:
+    """Compile one variant (constexprs plus num_warps / maxnreg from ``const``); ptxas's resource line."""
+    const = dict(const)
+    options = {"num_warps": const.pop("num_warps"), "maxnreg": const.pop("maxnreg", None)}
     names = list(inspect.signature(kern.fn).parameters)
     const = {k: v for k, v in const.items() if k in names}
     sig = {
@@ -61,7 +65,7 @@ def compile_one(kern, const: dict, num_warps: int, ptxas: str, keep: Path | None
         if nm.endswith("_ptr") or nm in DIVISIBLE_ARGS
     }
     src = ASTSource(kern, sig, constexprs={(names.index(k),): v for k, v in const.items()}, attrs=attrs)
-    ptx = triton.compile(src, target=GPUTarget("cuda", 90, 32), options={"num_warps": num_warps}).asm["ptx"]
+    ptx = triton.compile(src, target=GPUTarget("cuda", 90, 32), options=options).asm["ptx"]
     # Newer Triton writes a PTX ISA version that an older ptxas refuses; the code itself assembles.
     ptx = re.sub(r"^\.version \d+\.\d+", ".version 8.7", ptx, flags=re.M)
     with tempfile.TemporaryDirectory() as tmp:
@@ -95,34 +99,35 @@ def main() -> None:
         "--segmented", action="store_true", help="the variants that run when the length is segmented"
     )
     ap.add_argument("--keep", type=Path, default=None, help="directory to keep the .cubin files in")
+    ap.add_argument(
+        "--bwd-tile",
+        default=None,
+        help="the bf16 backward's P,NL,num_warps[,maxnreg] (as TILES), e.g. 16,2,1,168",
+    )
     args = ap.parse_args()
     spec = importlib.util.spec_from_file_location("scan_under_test", args.file)
     mod = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(mod)
-    common = {"HAS_D": True, "HAS_Z": True, "HAS_BIAS": True, "SOFTPLUS": True, "FAST": True, "K": 8, "P": 8}
+    if args.bwd_tile:  # (P, NL, num_warps[, maxnreg]), as in TILES
+        mod.TILES[8] = (mod.TILES[8][0], tuple(int(v) for v in args.bwd_tile.split(",")))
+    ftile, btile = mod._tiles([torch.empty(0, dtype=torch.bfloat16)], 16)
+    common = {"HAS_D": True, "HAS_Z": True, "HAS_BIAS": True, "SOFTPLUS": True, "FAST": True}
     common |= {"SEGMENTED": args.segmented, "SUMMARY": False}
-    (fp, fnl, fw), (bp, bnl, bw) = mod.TILES[8]
-    fwd = common | {
-        "HAS_H0": False,
-        "SAVE_STATES": True,
-        "NL": fnl,
-        "S": 16 // fnl,
-        "BD": fw * 32 // (fp * fnl),
-    }
-    bwd = common | {"HAS_DLAST": False, "NL": bnl, "S": 16 // bnl, "BD": bw * max(1, 32 // (bp * bnl))}
+    fwd = common | {"HAS_H0": False, "SAVE_STATES": True} | ftile.launch()
+    bwd = common | {"HAS_DLAST": False} | btile.launch()
     print(f"triton {triton.__version__}, {args.file}, segmented={args.segmented}")
-    print("  forward :", compile_one(mod._scan_fwd_kernel, fwd, fw, args.ptxas, args.keep))
-    print("  backward:", compile_one(mod._scan_bwd_kernel, bwd, bw, args.ptxas, args.keep))
+    print("  forward :", compile_one(mod._scan_fwd_kernel, fwd, args.ptxas, args.keep))
+    print("  backward:", compile_one(mod._scan_bwd_kernel, bwd, args.ptxas, args.keep))
     if args.segmented:
         print(
             "  forward summary :",
             compile_one(
-                mod._scan_fwd_kernel, fwd | {"SUMMARY": True, "SAVE_STATES": False}, fw, args.ptxas, args.keep
+                mod._scan_fwd_kernel, fwd | {"SUMMARY": True, "SAVE_STATES": False}, args.ptxas, args.keep
             ),
         )
         print(
             "  backward summary:",
-            compile_one(mod._scan_bwd_kernel, bwd | {"SUMMARY": True}, bw, args.ptxas, args.keep),
+            compile_one(mod._scan_bwd_kernel, bwd | {"SUMMARY": True}, args.ptxas, args.keep),
         )
 
 

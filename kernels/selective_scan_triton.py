@@ -514,18 +514,28 @@ def _scan_bwd_kernel(
 class _Tile(NamedTuple):
     """How a program's register tile (T, NL, BD, S) maps onto a thread block; T = K * P."""
 
-    K: int  # consecutive positions per thread: one 16-byte load of the per-position inputs
+    K: int  # consecutive positions per thread: one load of up to 16 bytes of the per-position inputs
     P: int  # lanes along time
     NL: int  # lanes along states
     S: int  # states per thread (NL * S = n rounded up to a power of two)
     BD: int  # channels per program: one per warp, or 32 / (P * NL) per warp
     num_warps: int
+    maxnreg: int | None  # register cap per thread (ptx .maxnreg), None for ptxas's choice
+
+    def launch(self) -> dict:
+        opts = {"K": self.K, "P": self.P, "NL": self.NL, "S": self.S, "BD": self.BD}
+        opts["num_warps"] = self.num_warps
+        if self.maxnreg is not None:
+            opts["maxnreg"] = self.maxnreg
+        return opts
 
 
-# (P, NL, num_warps) for the forward and the backward kernel, by K. Both must give the same chunk
-# T = K * P, because the backward restarts each chunk from the state the forward saved there.
-# benchmarks/bench_kernels.py times the alternatives; kernel_notes.md has the numbers.
-TILES: dict[int, tuple[tuple[int, int, int], tuple[int, int, int]]] = {
+# (P, NL, num_warps[, maxnreg]) for the forward and the backward kernel, keyed by the forward's K (the
+# positions in 16 bytes of the widest per-position input). Both kernels must walk the same chunk
+# T = K * P_forward, because the backward restarts each chunk from the state the forward saved there;
+# the backward's K is T / P_backward. benchmarks/bench_kernels.py --tune times the alternatives;
+# kernel_notes.md has the numbers.
+TILES: dict[int, tuple[tuple[int, ...], tuple[int, ...]]] = {
     8: ((8, 4, 4), (8, 2, 1)),  # bf16 / fp16: T = 64
     4: ((8, 2, 4), (8, 2, 4)),  # fp32: T = 32
 }
@@ -535,13 +545,18 @@ def _tiles(per_position: list[torch.Tensor], n: int) -> tuple[_Tile, _Tile]:
     """Forward and backward tiles for the tensors read once per position and state size ``n``."""
     k = 16 // max(x.element_size() for x in per_position)
     n_pad = 1 << max(0, math.ceil(math.log2(max(n, 1))))
-    (pf, _, _), (pb, _, _) = TILES[k]
-    if pf != pb:
-        raise ValueError(f"TILES[{k}]: forward and backward need the same chunk (P), got {pf} and {pb}")
+    chunk = k * TILES[k][0][0]
     out = []
-    for p, nl, num_warps in TILES[k]:
+    for p, nl, num_warps, *cap in TILES[k]:
+        kk = chunk // p
+        if kk * p != chunk or not 1 <= kk <= k:
+            raise ValueError(
+                f"TILES[{k}]: P = {p} cannot walk the forward's {chunk}-position chunk: "
+                f"{chunk} / P must be a whole number of at most {k} positions"
+            )
         nl = min(nl, n_pad)
-        out.append(_Tile(k, p, nl, n_pad // nl, num_warps * max(1, 32 // (p * nl)), num_warps))
+        bd = num_warps * max(1, 32 // (p * nl))
+        out.append(_Tile(kk, p, nl, n_pad // nl, bd, num_warps, cap[0] if cap else None))
     return out[0], out[1]
 
 
@@ -638,7 +653,7 @@ class _SelectiveScanFn(torch.autograd.Function):
                 HAS_D=D is not None, HAS_Z=z is not None, HAS_BIAS=delta_bias is not None,
                 SOFTPLUS=bool(delta_softplus), HAS_H0=h0 is not None, SAVE_STATES=save and not summary,
                 SEGMENTED=n_seg > 1, SUMMARY=summary, FAST=_fast(u),
-                K=tile.K, P=tile.P, NL=tile.NL, S=tile.S, BD=tile.BD, num_warps=tile.num_warps,
+                **tile.launch(),
             )  # fmt: skip
         if save:
             ctx.save_for_backward(u, delta, A, B4, C4, D, z, delta_bias, initial_state, states)
@@ -684,8 +699,7 @@ class _SelectiveScanFn(torch.autograd.Function):
                 d, L, n, dpg, n_groups, n_chunks, n_seg, seg_chunks, 1 if summary else 0,
                 HAS_D=D is not None, HAS_Z=z is not None, HAS_BIAS=delta_bias is not None,
                 SOFTPLUS=softplus, HAS_DLAST=dlast is not None, SEGMENTED=n_seg > 1, SUMMARY=summary,
-                FAST=_fast(u),
-                K=tile.K, P=tile.P, NL=tile.NL, S=tile.S, BD=tile.BD, num_warps=tile.num_warps,
+                FAST=_fast(u), **tile.launch(),
             )  # fmt: skip
         dB = dB.squeeze(1) if b_was_3d else dB
         dC = dC.squeeze(1) if c_was_3d else dC
