@@ -401,11 +401,17 @@ def main() -> None:
         help="DxLOG2L list (e.g. 1536x20,512x20): time bf16 scans at forced length segmentations first",
     )
     ap.add_argument("--no-check", action="store_true", help="skip the correctness checks")
+    ap.add_argument(
+        "--scan-tiles", default=None, help="JSON of the scan's TILES to use instead of the built-in ones"
+    )
     ap.add_argument("--no-reference", action="store_true", help="skip timing the PyTorch reference")
     ap.add_argument("--out", default=os.environ.get("OUT", "bench_out"))
     args = ap.parse_args()
     if args.quick:
         args.lengths, args.dtypes = "10,16,20", "bf16"
+    if args.scan_tiles:
+        tiles = json.loads(Path(args.scan_tiles).read_text())
+        SST.TILES.update({int(k): tuple(map(tuple, v)) for k, v in tiles.items()})
     out_dir = Path(args.out)
     out_dir.mkdir(parents=True, exist_ok=True)
     tee = Tee()

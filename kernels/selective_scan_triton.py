@@ -536,7 +536,7 @@ class _Tile(NamedTuple):
 # the backward's K is T / P_backward. benchmarks/bench_kernels.py --tune times the alternatives;
 # kernel_notes.md has the numbers.
 TILES: dict[int, tuple[tuple[int, ...], tuple[int, ...]]] = {
-    8: ((8, 4, 4), (8, 2, 1)),  # bf16 / fp16: T = 64
+    8: ((8, 4, 4), (8, 4, 1)),  # bf16 / fp16: T = 64
     4: ((8, 2, 4), (8, 2, 4)),  # fp32: T = 32
 }
 
