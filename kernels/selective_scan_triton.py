@@ -561,14 +561,15 @@ def _tiles(per_position: list[torch.Tensor], n: int) -> tuple[_Tile, _Tile]:
 
 
 # Segmenting the length. With few (batch, channel) programs the GPU idles: batch 1 at 2^20 with
-# d = 512 is 256 one-warp backward programs on 132 SMs. The length is then cut into segments that run
+# d = 512 is 512 one-warp backward programs on 132 SMs. The length is then cut into segments that run
 # side by side: pass 1 summarises each segment (its end state from zero, and sum(dt)), pass 2 composes
 # the summaries of the segments before (forward) or after (backward) its own and runs the segment.
-# Pass 1 is extra work, so it only pays when the GPU would idle. H100, bf16, L = 2^20, fwd / fwd+bwd ms
-# (benchmarks/kernel_notes.md): d = 512: 20.0 / 157 unsegmented, 15.2 / 101 with 8 segments, 15.1 / 94
-# with 32; d = 1536 (768 backward warps): 29.3 / 276 unsegmented, 38-43 / 269-339 segmented.
+# Pass 1 is extra work, so it only pays when the GPU would idle. H100, bf16, L = 2^20, fwd+bwd ms
+# (benchmarks/kernel_notes.md, session 5): d = 512: 80.8 unsegmented, 61.7 / 61.0 / 60.7 with
+# 8 / 16 / 32 segments; d = 256: 80.1, 33.3 / 32.3 / 31.5. d = 1536 (1,536 backward warps) is faster
+# unsegmented. 64 warps per SM gives 17 segments at d = 512 and 33 at d = 256.
 _SEGMENT_BELOW_WARPS_PER_SM = 4
-_WARPS_WANTED_PER_SM = 32
+_WARPS_WANTED_PER_SM = 64
 _MIN_CHUNKS_PER_SEGMENT = 8
 _MAX_SEGMENTS = 64
 
