@@ -313,9 +313,9 @@ def time_conv(b: int, d: int, L: int, dtype: torch.dtype) -> dict:
 # Tile alternatives (P, NL, num_warps[, maxnreg]) that --tune times at TUNE_D x TUNE_L, after checking
 # each at TUNE_CHECK = (batch, d, n, length) against the reference. A backward tile is paired with the
 # chosen forward tile, so it must cut the forward's chunk (K * P) into P lanes of at most K positions.
-# The backward is latency-bound: (8, 4, 1) and (16, 2, 1) hold one channel per warp, which ptxas fits
-# in 255 registers without the spills of (8, 2, 1); the 168-register caps trade spills for a third more
-# resident warps. Earlier runs' alternatives and times are in kernel_notes.md.
+# In the backward, (8, 4, 1) (built in since session 5) and (16, 2, 1) hold one channel per warp, which
+# ptxas fits in 255 registers without the spills of (8, 2, 1); the 168-register caps trade spills for a
+# third more resident warps. Earlier runs' alternatives and times are in kernel_notes.md.
 TUNE_FWD = [(8, 4, 4), (8, 2, 2)]
 TUNE_BWD = [(8, 2, 1), (8, 4, 1), (16, 2, 1), (8, 4, 1, 168), (16, 2, 1, 168)]
 TUNE_CHECK, TUNE_D, TUNE_L = (2, 64, 16, 1000), 1536, 2**20
