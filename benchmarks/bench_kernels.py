@@ -349,8 +349,7 @@ def tune(dtypes: list[torch.dtype], log: list[dict]) -> None:
         bwd0 = SST.TILES[k][1]
 
         def fits(f: tuple, b: tuple, k: int = k) -> bool:
-            chunk = k * f[0]
-            return chunk % b[0] == 0 and chunk // b[0] <= k
+            return SST.positions_per_lane(k, f[0], b[0]) is not None
 
         fwd = min(TUNE_FWD, key=lambda f: _trial(dtype, "fwd", (f, bwd0 if fits(f, bwd0) else f), log))
         bwd = min((b for b in TUNE_BWD if fits(fwd, b)), key=lambda b: _trial(dtype, "bwd", (fwd, b), log))
@@ -410,8 +409,7 @@ def main() -> None:
     if args.quick:
         args.lengths, args.dtypes = "10,16,20", "bf16"
     if args.scan_tiles:
-        tiles = json.loads(Path(args.scan_tiles).read_text())
-        SST.TILES.update({int(k): tuple(map(tuple, v)) for k, v in tiles.items()})
+        SST.set_tiles(json.loads(Path(args.scan_tiles).read_text()))
     out_dir = Path(args.out)
     out_dir.mkdir(parents=True, exist_ok=True)
     tee = Tee()

@@ -239,11 +239,11 @@ def main(argv: list[str] | None = None) -> None:
         from mamba_dna.datasets.fasta import bundled_genome
 
         args.fasta = str(bundled_genome("ecoli_k12_mg1655"))
-    if args.scan_tiles:
+    tiles = json.loads(Path(args.scan_tiles).read_text()) if args.scan_tiles else None
+    if tiles:
         from mamba_dna.kernels import selective_scan_triton
 
-        tiles = json.loads(Path(args.scan_tiles).read_text())
-        selective_scan_triton.TILES.update({int(k): tuple(map(tuple, v)) for k, v in tiles.items()})
+        selective_scan_triton.set_tiles(tiles)
     info = D.setup(args.device)
     wanted = [b.strip() for b in args.backends.split(",") if b.strip()]
     if info.device.type != "cuda":
@@ -269,7 +269,7 @@ def main(argv: list[str] | None = None) -> None:
         "tokens_per_step": args.tokens_per_step,
         "reference_tokens_per_step": args.reference_tokens_per_step,
         "max_batch_tokens": args.max_batch_tokens,
-        "scan_tiles": args.scan_tiles and json.loads(Path(args.scan_tiles).read_text()),
+        "scan_tiles": tiles,
     }
     print(f"# training throughput ({env['device']}, {info.world_size} process(es), torch {env['torch']})")
     order = args.presets.split(",")

@@ -541,6 +541,18 @@ TILES: dict[int, tuple[tuple[int, ...], tuple[int, ...]]] = {
 }
 
 
+def set_tiles(tiles: dict) -> None:
+    """Replace entries of ``TILES`` from their JSON form (string keys, lists), as the benchmarks pass them."""
+    TILES.update({int(k): tuple(map(tuple, v)) for k, v in tiles.items()})
+
+
+def positions_per_lane(k: int, p_forward: int, p: int) -> int | None:
+    """K of a tile with ``p`` lanes along the forward's ``k * p_forward`` chunk; None where none fits."""
+    chunk = k * p_forward
+    kk = chunk // p
+    return kk if kk * p == chunk and 1 <= kk <= k else None
+
+
 def _tiles(per_position: list[torch.Tensor], n: int) -> tuple[_Tile, _Tile]:
     """Forward and backward tiles for the tensors read once per position and state size ``n``."""
     k = 16 // max(x.element_size() for x in per_position)
@@ -548,8 +560,8 @@ def _tiles(per_position: list[torch.Tensor], n: int) -> tuple[_Tile, _Tile]:
     chunk = k * TILES[k][0][0]
     out = []
     for p, nl, num_warps, *cap in TILES[k]:
-        kk = chunk // p
-        if kk * p != chunk or not 1 <= kk <= k:
+        kk = positions_per_lane(k, TILES[k][0][0], p)
+        if kk is None:
             raise ValueError(
                 f"TILES[{k}]: P = {p} cannot walk the forward's {chunk}-position chunk: "
                 f"{chunk} / P must be a whole number of at most {k} positions"
