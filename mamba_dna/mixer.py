@@ -42,8 +42,32 @@ def weight_times_rows(
     linear layer on ``x.mT`` copies x for b > 1, and autograd keeps the copy).
     """
     weight, x = _autocast_pair(weight, x)
-    out = torch.bmm(x.mT, weight.mT.expand(x.shape[0], -1, -1))
+    out = _WeightTimesRows.apply(weight, x)
     return out if bias is None else out + bias.to(out.dtype)
+
+
+class _WeightTimesRows(torch.autograd.Function):
+    """out = x^T W^T with a backward that hands back x's gradient as (b, k, l), length-contiguous.
+
+    bmm's own backward would compute it as the transpose of a (b, l, k) product; the scan that produced x
+    then copies it (one strided pass over b x k x l per layer, ~9 ms at 2^20 x 256 on an H100).
+    """
+
+    @staticmethod
+    def forward(ctx, weight: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+        ctx.save_for_backward(weight, x)
+        return torch.bmm(x.mT, weight.mT.expand(x.shape[0], -1, -1))
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor) -> tuple[torch.Tensor | None, torch.Tensor | None]:
+        weight, x = ctx.saved_tensors
+        grad_weight = grad_x = None
+        if ctx.needs_input_grad[0]:
+            # (b, m, k) summed over the batch: b x m x k is small next to anything of size l.
+            grad_weight = torch.bmm(grad.mT, x.mT).sum(0)
+        if ctx.needs_input_grad[1]:
+            grad_x = torch.bmm(weight.mT.expand(x.shape[0], -1, -1), grad.mT)
+        return grad_weight, grad_x
 
 
 def _autocast_pair(weight: torch.Tensor, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:

@@ -88,14 +88,41 @@ def test_weight_times_keeps_no_copy_for_backward(rows):
     assert weights and all(t.untyped_storage().nbytes() <= w.untyped_storage().nbytes() for t in weights)
 
 
-def test_weight_times_under_autocast_casts_the_weight_once():
+@pytest.mark.parametrize("batch", [1, 3])
+def test_weight_times_rows_gives_x_a_length_contiguous_gradient(batch):
+    # The scan produced x as (b, k, l) and copies any gradient not in that layout: one strided pass per
+    # layer. The gradients must also be the linear layer's.
+    torch.manual_seed(0)
+    w = torch.randn(6, 5, requires_grad=True)
+    bias = torch.randn(6, requires_grad=True)
+    x = torch.randn(batch, 5, 11, requires_grad=True)
+    g = torch.randn(batch, 11, 6)
+    weight_times_rows(w, x, bias).backward(g)
+    assert x.grad.is_contiguous() and x.grad.shape == x.shape
+    got = (x.grad, w.grad, bias.grad)
+    for t in (x, w, bias):
+        t.grad = None
+    F.linear(x.mT, w, bias).backward(g)
+    for name, a, b in zip(("x", "weight", "bias"), got, (x.grad, w.grad, bias.grad), strict=True):
+        assert torch.allclose(a, b, atol=1e-5), name
+
+
+def test_weight_times_rows_skips_gradients_not_asked_for():
+    w = torch.randn(6, 5)
+    x = torch.randn(2, 5, 7, requires_grad=True)
+    weight_times_rows(w, x).sum().backward()
+    assert w.grad is None and torch.allclose(x.grad, w.sum(0)[None, :, None].expand(2, 5, 7))
+
+
+@pytest.mark.parametrize("rows", [False, True])
+def test_weight_times_under_autocast_casts_the_weight_once(rows):
     torch.manual_seed(0)
     w = torch.randn(6, 5, requires_grad=True)
     x = torch.randn(4, 5, 11).bfloat16().requires_grad_()
     saved = []
     hooks = torch.autograd.graph.saved_tensors_hooks(lambda t: saved.append(t) or t, lambda t: t)
     with torch.autocast("cpu", dtype=torch.bfloat16), hooks:
-        out = weight_times(w, x)
+        out = weight_times_rows(w, x) if rows else weight_times(w, x)
     assert out.dtype == torch.bfloat16
     # The weight is kept as one (6, 5) bf16 cast, broadcast over the batch: not a (4, 6, 5) materialised copy.
     weights = [t for t in saved if t.shape[-2:] == (6, 5)]
