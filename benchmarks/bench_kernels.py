@@ -374,7 +374,7 @@ def sweep_segments(spec: str, log: list[dict]) -> None:
 def kernel_resources() -> dict:
     """Registers and spills of every compiled variant of the scan kernels (when Triton exposes them)."""
     out = {}
-    for name in ("_scan_fwd_kernel", "_scan_bwd_kernel"):
+    for name in ("_scan_fwd_kernel", "_scan_fwd_fix_kernel", "_scan_bwd_kernel"):
         with contextlib.suppress(Exception):
             for dev_cache in getattr(SST, name).device_caches.values():
                 for key, kern in dev_cache[0].items():

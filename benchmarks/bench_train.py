@@ -227,7 +227,11 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--warmup", type=int, default=2)
     p.add_argument("--steps", type=int, default=5)
     p.add_argument("--device", default="auto")
-    p.add_argument("--out", default=None, help="JSON path (default: $OUT/bench_train.json if $OUT is set)")
+    p.add_argument(
+        "--out",
+        default=None,
+        help="JSON file, or a directory to write bench_train.json into (default: $OUT if set)",
+    )
     p.add_argument("--quick", action="store_true", help="CPU smoke test: tiny preset, short windows, 1 step")
     args = p.parse_args(argv)
     if args.quick:
@@ -277,7 +281,9 @@ def main(argv: list[str] | None = None) -> None:
     print(table(rows))
     for line in retention(rows):
         print(line)
-    out = args.out or (os.path.join(os.environ["OUT"], "bench_train.json") if os.environ.get("OUT") else None)
+    out = args.out or os.environ.get("OUT")
+    if out and (Path(out).is_dir() or out.endswith(os.sep) or not args.out):
+        out = os.path.join(out, "bench_train.json")
     if out:
         Path(out).parent.mkdir(parents=True, exist_ok=True)
         Path(out).write_text(json.dumps({"env": env, "rows": rows}, indent=2) + "\n")

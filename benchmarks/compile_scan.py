@@ -42,6 +42,7 @@ BF16_ARGS = {
     "dz_ptr",
     "y_ptr",
 }
+FLOAT_ARGS = {"cutoff"}
 DIVISIBLE_ARGS = {"d", "L", "n", "dpg"}  # what the runtime's specialisation sees at d = 1536, L = 2^k
 
 
@@ -56,6 +57,8 @@ def compile_one(kern, const: dict, ptxas: str, keep: Path | None) -> str:
         if nm in const
         else ("*bf16" if nm in BF16_ARGS else "*fp32")
         if nm.endswith("_ptr")
+        else "fp32"
+        if nm in FLOAT_ARGS
         else "i32"
         for nm in names
     }
@@ -119,12 +122,13 @@ def main() -> None:
     print("  forward :", compile_one(mod._scan_fwd_kernel, fwd, args.ptxas, args.keep))
     print("  backward:", compile_one(mod._scan_bwd_kernel, bwd, args.ptxas, args.keep))
     if args.segmented:
-        print(
-            "  forward summary :",
-            compile_one(
-                mod._scan_fwd_kernel, fwd | {"SUMMARY": True, "SAVE_STATES": False}, args.ptxas, args.keep
-            ),
-        )
+        if hasattr(mod, "_scan_fwd_fix_kernel"):  # since session 7: pass 2 adds the entering state
+            print("  forward fix     :", compile_one(mod._scan_fwd_fix_kernel, fwd, args.ptxas, args.keep))
+        else:  # older files: pass 1 is a summary-only variant of the forward kernel
+            fwd_summary = fwd | {"SUMMARY": True, "SAVE_STATES": False}
+            print(
+                "  forward summary :", compile_one(mod._scan_fwd_kernel, fwd_summary, args.ptxas, args.keep)
+            )
         print(
             "  backward summary:",
             compile_one(mod._scan_bwd_kernel, bwd | {"SUMMARY": True}, args.ptxas, args.keep),

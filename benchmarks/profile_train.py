@@ -37,7 +37,7 @@ from mamba_dna.training.precision import autocast
 
 # First match wins; patterns are tried against the kernel name.
 FAMILIES = [
-    ("scan fwd", r"_scan_fwd_kernel"),
+    ("scan fwd", r"_scan_fwd_(fix_)?kernel"),  # the fix kernel is pass 2 of a segmented forward
     ("scan bwd", r"_scan_bwd_kernel"),
     ("conv", r"_conv_(fwd|bwd)"),
     ("rmsnorm", r"_rms_"),

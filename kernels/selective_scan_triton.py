@@ -45,11 +45,15 @@ buffer with relaxed atomics (so dB and dC are not bitwise deterministic; every o
 dA, dD and d(delta_bias) are per-batch partial sums that the host adds up.
 
 Segments: with batch 1 and few channels there are too few programs to fill the GPU, so the length is
-then also cut into segments that run in parallel (``_segments`` decides; ``SEGMENTED``). A first launch
-(``SUMMARY``) gives each segment's end state from a zero start and its sum(dt): because A does not
-depend on the position, a segment maps h -> exp(A sum dt) h + h_end, and the adjoint mu composes the
-same way backwards. The main launch composes the summaries of the segments before (forward) or after
-(backward) its own to get its entering state, then runs its chunks as above.
+then also cut into segments that run in parallel (``_segments`` decides; ``SEGMENTED``). Because A does
+not depend on the position, a segment maps h -> exp(A sum dt) h + h_end, with h_end its end state from
+a zero start, and the adjoint mu composes the same way backwards. Forward: pass 1 runs every segment
+from zero (the first from the initial state) and writes its (h_end, sum dt); pass 2
+(``_scan_fwd_fix_kernel``) composes the summaries before each segment into its entering state h_in and
+adds exp(A s_t) h_in to the outputs and saved states, stopping once that factor has decayed below 2^-30,
+so the second pass is one exponential per element over (usually) a fraction of the segment instead of
+a second scan. Backward: a first launch (``SUMMARY``) gives each segment's adjoint summary, and the main
+launch composes the summaries after its own segment, then runs its chunks as above.
 
 Offsets: every pointer offset is computed in int64, starting from program ids converted with
 ``.to(tl.int64)``; positions within the length stay int32 (they are < L). At length 2^20 a
@@ -160,7 +164,6 @@ def _scan_fwd_kernel(
     HAS_H0: tl.constexpr,
     SAVE_STATES: tl.constexpr,
     SEGMENTED: tl.constexpr,
-    SUMMARY: tl.constexpr,
     FAST: tl.constexpr,
     K: tl.constexpr,
     P: tl.constexpr,
@@ -196,22 +199,15 @@ def _scan_fwd_kernel(
     pid_s = tl.program_id(2)
     k_lo, k_hi = _chunk_range(pid_s, seg_chunks, n_chunks, SEGMENTED)
     seg_row = bidx * n_seg  # (b, segment 0) in the per-segment summaries
-    if SUMMARY:
-        # Pass 1 of a segmented scan: the segment's own end state from a zero start, and sum(dt), so
-        # the segment maps h -> exp(A sum(dt)) h + h_end (A is constant along the length).
-        h = tl.zeros((1, NL, BD, S), dtype=tl.float32)
-        dt_sum = tl.zeros((1, NL, BD, 1), dtype=tl.float32)
+    # A segment other than the first starts from zero; _scan_fwd_fix_kernel adds what its true entering
+    # state contributes once every segment's summary (end state, sum(dt)) is known.
+    if HAS_H0:
+        first = (st * 0 + pid_s) == 0  # as a tile: the interpreter refuses a scalar in a mask
+        h = tl.load(h0_ptr + bidx * d * n + state_off, mask=csmask & first, other=0.0).to(tl.float32)
     else:
-        if HAS_H0:
-            h = tl.load(h0_ptr + bidx * d * n + state_off, mask=csmask, other=0.0).to(tl.float32)
-        else:
-            h = tl.zeros((1, NL, BD, S), dtype=tl.float32)
-        if SEGMENTED:
-            # Pass 2: compose the summaries of the segments before this one.
-            for j in range(0, pid_s):
-                ds = tl.load(dtsum_ptr + (seg_row + j) * d + ch + zero_l, mask=cmask, other=0.0)
-                he = tl.load(hend_ptr + (seg_row + j) * d * n + state_off, mask=csmask, other=0.0)
-                h = tl.exp2(ds * A2) * h + he
+        h = tl.zeros((1, NL, BD, S), dtype=tl.float32)
+    if SEGMENTED:
+        dt_sum = tl.zeros((1, NL, BD, 1), dtype=tl.float32)
 
     # Software pipelining by hand: the raw tiles of chunk k + 1 are loaded before chunk k is computed,
     # so a chunk's loads are in flight during the previous chunk's arithmetic (without this each chunk
@@ -220,11 +216,10 @@ def _scan_fwd_kernel(
     m_n = cmask & (t0 < L)
     u_n = tl.load(u_ptr + row + t0, mask=m_n, other=0.0)
     d_n = tl.load(delta_ptr + row + t0, mask=m_n, other=0.0)
-    if HAS_Z and not SUMMARY:
+    if HAS_Z:
         z_n = tl.load(z_ptr + row + t0, mask=m_n, other=0.0)
     B_n = tl.load(B_ptr + bc_row + t0, mask=csmask & (t0 < L), other=0.0)
-    if not SUMMARY:
-        C_n = tl.load(C_ptr + bc_row + t0, mask=csmask & (t0 < L), other=0.0)
+    C_n = tl.load(C_ptr + bc_row + t0, mask=csmask & (t0 < L), other=0.0)
     for k in range(k_lo, k_hi):
         if SAVE_STATES:
             tl.store(states_ptr + (bidx * n_chunks + k) * d * n + state_off, h, mask=csmask)
@@ -235,12 +230,11 @@ def _scan_fwd_kernel(
         u_n = tl.load(u_ptr + row + tt + T, mask=cmask & nxt, other=0.0)
         d_n = tl.load(delta_ptr + row + tt + T, mask=cmask & nxt, other=0.0)
         B_n = tl.load(B_ptr + bc_row + tt + T, mask=csmask & nxt, other=0.0)
-        if not SUMMARY:
-            C_c = C_n
-            C_n = tl.load(C_ptr + bc_row + tt + T, mask=csmask & nxt, other=0.0)
-            if HAS_Z:
-                z_c = z_n
-                z_n = tl.load(z_ptr + row + tt + T, mask=cmask & nxt, other=0.0)
+        C_c = C_n
+        C_n = tl.load(C_ptr + bc_row + tt + T, mask=csmask & nxt, other=0.0)
+        if HAS_Z:
+            z_c = z_n
+            z_n = tl.load(z_ptr + row + tt + T, mask=cmask & nxt, other=0.0)
         u = u_c.to(tl.float32)
         dt = d_c.to(tl.float32)
         if HAS_BIAS:
@@ -255,27 +249,129 @@ def _scan_fwd_kernel(
         x = tl.where(t == 0, dA * h + x, x)  # fold the entering state into the first step
         _, hs = tl.associative_scan((dA, x), 0, _affine_combine)
         h = tl.sum(tl.where(t == T - 1, hs, 0.0), axis=0, keep_dims=True)
-        if SUMMARY:
+        if SEGMENTED:
             dt_sum += tl.sum(dt, axis=0, keep_dims=True)
-        else:
-            Ct = C_c.to(tl.float32)
-            y = tl.sum(tl.sum(hs * Ct, axis=3, keep_dims=True), axis=1, keep_dims=True)
-            if HAS_D:
-                y += Dv * u
-            if HAS_Z:
-                zz = z_c.to(tl.float32)
-                y *= zz * _sigmoid(zz, FAST)
-            tl.store(y_ptr + row + tt, y.to(y_ptr.dtype.element_ty), mask=m & lane0)
+        Ct = C_c.to(tl.float32)
+        y = tl.sum(tl.sum(hs * Ct, axis=3, keep_dims=True), axis=1, keep_dims=True)
+        if HAS_D:
+            y += Dv * u
+        if HAS_Z:
+            zz = z_c.to(tl.float32)
+            y *= zz * _sigmoid(zz, FAST)
+        tl.store(y_ptr + row + tt, y.to(y_ptr.dtype.element_ty), mask=m & lane0)
 
-    if SUMMARY:
+    if SEGMENTED:
         tl.store(hend_ptr + (seg_row + pid_s) * d * n + state_off, h, mask=csmask)
         tl.store(dtsum_ptr + (seg_row + pid_s) * d + ch + zero_l, dt_sum, mask=cmask & lane0)
     else:
-        if SEGMENTED:
-            if pid_s == n_seg - 1:
-                tl.store(last_ptr + bidx * d * n + state_off, h, mask=csmask)
-        else:
-            tl.store(last_ptr + bidx * d * n + state_off, h, mask=csmask)
+        tl.store(last_ptr + bidx * d * n + state_off, h, mask=csmask)
+
+
+# Below this fraction of its entering value the carried state's contribution is dropped: 2^-30 of it
+# is far under the rounding of the outputs (fp32: 2^-24 of y) and of the states the backward reloads.
+_FIX_CUTOFF = 2.0**-30
+
+
+@triton.jit
+def _scan_fwd_fix_kernel(
+    delta_ptr,
+    A_ptr,
+    C_ptr,
+    z_ptr,
+    bias_ptr,
+    y_ptr,
+    last_ptr,
+    states_ptr,
+    hend_ptr,
+    dtsum_ptr,
+    d,
+    L,
+    n,
+    dpg,
+    n_groups,
+    n_chunks,
+    n_seg,
+    seg_chunks,
+    cutoff,
+    HAS_Z: tl.constexpr,
+    HAS_BIAS: tl.constexpr,
+    SOFTPLUS: tl.constexpr,
+    SAVE_STATES: tl.constexpr,
+    FAST: tl.constexpr,
+    K: tl.constexpr,
+    P: tl.constexpr,
+    NL: tl.constexpr,
+    S: tl.constexpr,
+    BD: tl.constexpr,
+):
+    """Pass 2 of a segmented forward: add the entering state's part to segment j = 1 + program_id(2).
+
+    Pass 1 ran every segment from zero. The true state is h_t = h_t(from zero) + exp(A s_t) h_in, with
+    s_t the sum of dt since the segment began and h_in composed from the summaries of the segments
+    before, so y_t gains (C_t . exp(A s_t) h_in) silu(z_t) and each saved chunk state gains
+    exp(A s) h_in: one exponential and a dot product per (channel, state, position) instead of a
+    second scan. The walk stops once exp(A s) is below ``cutoff`` for every state with h_in != 0, which
+    with decaying states is usually well before the segment's end.
+    """
+    T: tl.constexpr = K * P
+    pid_c = tl.program_id(0).to(tl.int64)
+    pid_bg = tl.program_id(1).to(tl.int64)
+    bidx = pid_bg // n_groups
+    cg = pid_c * BD + tl.arange(0, BD)[None, None, :, None]
+    ch = (pid_bg % n_groups) * dpg + cg
+    t = tl.arange(0, T)[:, None, None, None]
+    st = tl.arange(0, NL)[None, :, None, None] * S + tl.arange(0, S)[None, None, None, :]
+    lane0 = tl.arange(0, NL)[None, :, None, None] == 0
+    zero_l = tl.zeros((1, NL, 1, 1), dtype=tl.int64)
+    zero_c = tl.zeros((1, 1, BD, 1), dtype=tl.int64)
+    cmask = cg < dpg
+    csmask = cmask & (st < n)
+    A2 = tl.load(A_ptr + ch * n + st, mask=csmask, other=0.0).to(tl.float32) * 1.4426950408889634
+    if HAS_BIAS:
+        bias = tl.load(bias_ptr + ch + zero_l, mask=cmask, other=0.0).to(tl.float32)
+    row = (bidx * d + ch) * L + zero_l
+    bc_row = (pid_bg * n + st) * L + zero_c
+    state_off = ch * n + st
+    seg = tl.program_id(2) + 1
+    seg_row = bidx * n_seg
+    # The state entering this segment: segment 0 started from the initial state, so composing the
+    # summaries of segments 0 .. seg - 1 gives it.
+    h_in = tl.zeros((1, NL, BD, S), dtype=tl.float32)
+    for j in range(0, seg):
+        ds = tl.load(dtsum_ptr + (seg_row + j) * d + ch + zero_l, mask=cmask, other=0.0)
+        he = tl.load(hend_ptr + (seg_row + j) * d * n + state_off, mask=csmask, other=0.0)
+        h_in = tl.exp2(ds * A2) * h_in + he
+    if seg == n_seg - 1:
+        ds = tl.load(dtsum_ptr + (seg_row + seg) * d + ch + zero_l, mask=cmask, other=0.0)
+        he = tl.load(hend_ptr + (seg_row + seg) * d * n + state_off, mask=csmask, other=0.0)
+        tl.store(last_ptr + bidx * d * n + state_off, tl.exp2(ds * A2) * h_in + he, mask=csmask)
+
+    bound = cutoff * tl.abs(h_in)
+    c = h_in  # the entering state's part of the state at the start of chunk k
+    k = seg * seg_chunks
+    k_hi = tl.minimum(k + seg_chunks, n_chunks)
+    while (k < k_hi) & (tl.max(tl.abs(c) - bound) > 0.0):
+        if SAVE_STATES:
+            s_ptr = states_ptr + (bidx * n_chunks + k) * d * n + state_off
+            tl.store(s_ptr, tl.load(s_ptr, mask=csmask, other=0.0) + c, mask=csmask)
+        tt = k * T + t
+        m = cmask & (tt < L)
+        dt = tl.load(delta_ptr + row + tt, mask=m, other=0.0).to(tl.float32)
+        if HAS_BIAS:
+            dt += bias
+        if SOFTPLUS:
+            dt = _softplus(dt, FAST)
+        dt = tl.where(m, dt, 0.0)
+        ct = tl.exp2(tl.cumsum(dt, axis=0) * A2) * c
+        Ct = tl.load(C_ptr + bc_row + tt, mask=csmask & (tt < L), other=0.0).to(tl.float32)
+        dy = tl.sum(tl.sum(ct * Ct, axis=3, keep_dims=True), axis=1, keep_dims=True)
+        if HAS_Z:
+            zz = tl.load(z_ptr + row + tt, mask=m, other=0.0).to(tl.float32)
+            dy *= zz * _sigmoid(zz, FAST)
+        y = tl.load(y_ptr + row + tt, mask=m, other=0.0).to(tl.float32) + dy
+        tl.store(y_ptr + row + tt, y.to(y_ptr.dtype.element_ty), mask=m & lane0)
+        c = tl.sum(tl.where(t == T - 1, ct, 0.0), axis=0, keep_dims=True)
+        k += 1
 
 
 @triton.jit
@@ -574,12 +670,11 @@ def _tiles(per_position: list[torch.Tensor], n: int) -> tuple[_Tile, _Tile]:
 
 # Segmenting the length. With few (batch, channel) programs the GPU idles: batch 1 at 2^20 with
 # d = 512 is 512 one-warp backward programs on 132 SMs. The length is then cut into segments that run
-# side by side: pass 1 summarises each segment (its end state from zero, and sum(dt)), pass 2 composes
-# the summaries of the segments before (forward) or after (backward) its own and runs the segment.
-# Pass 1 is extra work, so it only pays when the GPU would idle. H100, bf16, L = 2^20, fwd+bwd ms
-# (benchmarks/kernel_notes.md, session 5): d = 512: 80.8 unsegmented, 61.7 / 61.0 / 60.7 with
-# 8 / 16 / 32 segments; d = 256: 80.1, 33.3 / 32.3 / 31.5. d = 1536 (1,536 backward warps) is faster
-# unsegmented. 64 warps per SM gives 17 segments at d = 512 and 33 at d = 256.
+# side by side, at the price of a second pass (the module docstring says which), so it only pays when
+# the GPU would idle. H100, bf16, L = 2^20, fwd+bwd ms (benchmarks/kernel_notes.md, session 7, with the
+# forward's fix pass): d = 512: 80.8 unsegmented, 55.4 / 55.0 / 54.2 with 8 / 16 / 32 segments, 55.6
+# as chosen here (17); d = 256: 79.7, 30.7 / 28.7 / 28.0, 27.3 as chosen (33). d = 1536 (1,536 backward
+# warps) is faster unsegmented. 64 warps per SM gives 17 segments at d = 512 and 33 at d = 256.
 _SEGMENT_BELOW_WARPS_PER_SM = 4
 _WARPS_WANTED_PER_SM = 64
 _MIN_CHUNKS_PER_SEGMENT = 8
@@ -658,15 +753,19 @@ class _SelectiveScanFn(torch.autograd.Function):
         n_seg, seg_chunks = _segments(n_chunks, grid[0] * grid[1], tile.num_warps, u)
         hend = torch.empty(batch, n_seg, d, n, device=u.device, dtype=torch.float32)
         dtsum = torch.empty(batch, n_seg, d, device=u.device, dtype=torch.float32)
-        for summary in [True, False] if n_seg > 1 else [False]:
-            # The summary pass skips the last segment: no segment after it needs its summary.
-            _scan_fwd_kernel[(*grid, n_seg - 1 if summary else n_seg)](
-                u, delta, A32, B4, C4, D32, z, bias32, h0, y, last, states, hend, dtsum,
-                d, L, n, dpg, n_groups, n_chunks, n_seg, seg_chunks,
-                HAS_D=D is not None, HAS_Z=z is not None, HAS_BIAS=delta_bias is not None,
-                SOFTPLUS=bool(delta_softplus), HAS_H0=h0 is not None, SAVE_STATES=save and not summary,
-                SEGMENTED=n_seg > 1, SUMMARY=summary, FAST=_fast(u),
-                **tile.launch(),
+        common = dict(
+            HAS_Z=z is not None, HAS_BIAS=delta_bias is not None, SOFTPLUS=bool(delta_softplus),
+            SAVE_STATES=save, FAST=_fast(u), **tile.launch(),
+        )  # fmt: skip
+        _scan_fwd_kernel[(*grid, n_seg)](
+            u, delta, A32, B4, C4, D32, z, bias32, h0, y, last, states, hend, dtsum,
+            d, L, n, dpg, n_groups, n_chunks, n_seg, seg_chunks,
+            HAS_D=D is not None, HAS_H0=h0 is not None, SEGMENTED=n_seg > 1, **common,
+        )  # fmt: skip
+        if n_seg > 1:
+            _scan_fwd_fix_kernel[(*grid, n_seg - 1)](
+                delta, A32, C4, z, bias32, y, last, states, hend, dtsum,
+                d, L, n, dpg, n_groups, n_chunks, n_seg, seg_chunks, _FIX_CUTOFF, **common,
             )  # fmt: skip
         if save:
             ctx.save_for_backward(u, delta, A, B4, C4, D, z, delta_bias, initial_state, states)

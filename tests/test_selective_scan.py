@@ -255,7 +255,8 @@ def test_segmented_length_equals_one_pass(
     monkeypatch: pytest.MonkeyPatch, segments: int, L: int, dtype: torch.dtype
 ) -> None:
     # On the GPU a long sequence with little batch x channel parallelism is cut into segments that
-    # run side by side (summaries first, then each segment from its composed entering state). Force
+    # run side by side (forward: each from zero, then the entering state's part added; backward: adjoint
+    # summaries first, then each segment from its composed entering adjoint). Force
     # it here: outputs, last state and every gradient (initial state included) must not change, and
     # both must match the float64 loop. 40 segments of 700 positions is one chunk or less each.
     case = _inputs(17 + segments, 2, 4, 16, L, dtype)
@@ -265,6 +266,22 @@ def test_segmented_length_equals_one_pass(
     split = _run(selective_scan_triton, case)
     _check(split, whole, 1e-5 if dtype == torch.float32 else 1e-2, f"{segments} segments vs one")
     _check(split, _run(_loop, case), TOL[dtype], f"{segments} segments vs float64 loop")
+
+
+@pytest.mark.parametrize("memory", ["long", "short"])
+def test_segmented_scan_carries_slow_and_fast_decay(monkeypatch: pytest.MonkeyPatch, memory: str) -> None:
+    # A later segment runs from zero and then adds exp(A s_t) h_in, walking until that factor is below
+    # 2^-30 of h_in. Long memory (|A| dt ~ 1e-4: the factor stays near 1) walks every chunk of the
+    # segment; short memory (|A| dt ~ 5) stops after the first. Both must equal one pass.
+    case = _inputs(31, 1, 3, 16, 1500, torch.float32)
+    scale = 1e-3 if memory == "long" else 50.0
+    case["inp"]["A"] = -scale * torch.linspace(0.1, 1.0, 16).repeat(3, 1)
+    monkeypatch.setenv("MAMBA_DNA_SCAN_SEGMENTS", "1")
+    whole = _run(selective_scan_triton, case)
+    monkeypatch.setenv("MAMBA_DNA_SCAN_SEGMENTS", "4")
+    split = _run(selective_scan_triton, case)
+    _check(split, whole, 1e-5, f"{memory} memory: 4 segments vs one")
+    _check(split, _run(_loop, case), TOL[torch.float32], f"{memory} memory: 4 segments vs float64 loop")
 
 
 def test_segment_choice(monkeypatch: pytest.MonkeyPatch) -> None:

@@ -292,6 +292,20 @@ def test_benchmark_quick_mode(tmp_path):
     rows = json.loads((tmp_path / "b.json").read_text())["rows"]
     assert [r["length"] for r in rows] == [128, 256]
     assert all(r["bases_per_s"] > 0 and np.isfinite(r["final_loss"]) for r in rows)
+    bench.main(["--quick", "--out", str(tmp_path)])  # a directory: bench_train.json goes inside
+    assert len(json.loads((tmp_path / "bench_train.json").read_text())["rows"]) == 2
+
+
+def test_profile_families_put_every_scan_pass_with_its_direction() -> None:
+    import importlib.util
+
+    path = Path(__file__).resolve().parents[1] / "benchmarks" / "profile_train.py"
+    spec = importlib.util.spec_from_file_location("profile_train", path)
+    prof = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(prof)
+    assert prof.family("_scan_fwd_kernel") == prof.family("_scan_fwd_fix_kernel") == "scan fwd"
+    assert prof.family("_scan_bwd_kernel") == "scan bwd"
+    assert prof.family("nvjet_sm90_tst_320x128_64x3_1x2_h_bz_coopB_TNT") == "gemm"
 
 
 def test_train_config_for_steps_derives_the_schedule_left_as_none() -> None:
