@@ -44,7 +44,7 @@ dB and dC sum over channels: each program reduces its channels and adds the (T, 
 buffer with relaxed atomics (so dB and dC are not bitwise deterministic; every other gradient is).
 dA, dD and d(delta_bias) are per-batch partial sums that the host adds up.
 
-Segments: with batch 1 and few channels there are too few programs to fill the GPU, so the length is
+Segments: with batch 1 there are too few programs to fill the GPU evenly, so the length is
 then also cut into segments that run in parallel (``_segments`` decides; ``SEGMENTED``). Because A does
 not depend on the position, a segment maps h -> exp(A sum dt) h + h_end, with h_end its end state from
 a zero start, and the adjoint mu composes the same way backwards. Forward: pass 1 runs every segment
@@ -122,6 +122,59 @@ def _rev_in_thread(x, P: tl.constexpr, K: tl.constexpr, D1: tl.constexpr, D2: tl
 
 
 @triton.jit
+def _program_tile(
+    d,
+    L,
+    n,
+    dpg,
+    n_groups,
+    K: tl.constexpr,
+    P: tl.constexpr,
+    NL: tl.constexpr,
+    S: tl.constexpr,
+    BD: tl.constexpr,
+):
+    """Index tiles of one program (a channel block of one batch x group), shared by all three scan kernels.
+
+    int64 from the program ids on, so every offset built from these inherits it (module docstring).
+    Returns (bidx, ch, t, st, lane0, zero_l, cmask, csmask, row, bc_row, state_off), all in the 4-d
+    (T, NL, BD, S) shape the loads use.
+    """
+    pid_c = tl.program_id(0).to(tl.int64)
+    pid_bg = tl.program_id(1).to(tl.int64)
+    bidx = pid_bg // n_groups
+    cg = pid_c * BD + tl.arange(0, BD)[None, None, :, None]  # channel within its group
+    ch = (pid_bg % n_groups) * dpg + cg
+    t = tl.arange(0, K * P)[:, None, None, None]
+    st = tl.arange(0, NL)[None, :, None, None] * S + tl.arange(0, S)[None, None, None, :]
+    lane0 = tl.arange(0, NL)[None, :, None, None] == 0
+    zero_l = tl.zeros((1, NL, 1, 1), dtype=tl.int64)
+    zero_c = tl.zeros((1, 1, BD, 1), dtype=tl.int64)
+    cmask = cg < dpg
+    csmask = cmask & (st < n)
+    row = (bidx * d + ch) * L + zero_l  # (b, c, 0) in u / delta / z / y, broadcast over state lanes
+    bc_row = (pid_bg * n + st) * L + zero_c  # (b, group, state, 0) in B / C, broadcast over channels
+    state_off = ch * n + st  # (c, state) inside one (d, n) slab
+    return bidx, ch, t, st, lane0, zero_l, cmask, csmask, row, bc_row, state_off
+
+
+@triton.jit
+def _compose_segments(
+    h, A2, dtsum_ptr, end_ptr, seg_row, j0, count, step, d, n, ch, zero_l, cmask, csmask, state_off
+):
+    """Carry h through segments j0, j0 + step, ... (count of them) by their summaries (sum dt, end state).
+
+    A segment maps h -> exp(A sum(dt)) h + h_end (forward) and the adjoint mu the same way (backward).
+    """
+    for jj in range(0, count):
+        j = j0 + jj * step
+        ds = tl.load(dtsum_ptr + (seg_row + j) * d + ch + zero_l, mask=cmask, other=0.0)
+        he = tl.load(end_ptr + (seg_row + j) * d * n + state_off, mask=csmask, other=0.0)
+        h = tl.exp2(ds * A2) * h + he
+    return h
+
+
+@triton.jit
 def _chunk_range(pid_s, seg_chunks, n_chunks, SEGMENTED: tl.constexpr):
     """The chunks [k_lo, k_hi) a program scans: its segment's, or every chunk of the length."""
     if SEGMENTED:
@@ -172,19 +225,9 @@ def _scan_fwd_kernel(
     BD: tl.constexpr,
 ):
     T: tl.constexpr = K * P
-    # int64 from the program ids on: every offset below inherits it (see the module docstring).
-    pid_c = tl.program_id(0).to(tl.int64)
-    pid_bg = tl.program_id(1).to(tl.int64)
-    bidx = pid_bg // n_groups
-    cg = pid_c * BD + tl.arange(0, BD)[None, None, :, None]  # channel within its group
-    ch = (pid_bg % n_groups) * dpg + cg
-    t = tl.arange(0, T)[:, None, None, None]
-    st = tl.arange(0, NL)[None, :, None, None] * S + tl.arange(0, S)[None, None, None, :]
-    lane0 = tl.arange(0, NL)[None, :, None, None] == 0
-    zero_l = tl.zeros((1, NL, 1, 1), dtype=tl.int64)
-    zero_c = tl.zeros((1, 1, BD, 1), dtype=tl.int64)
-    cmask = cg < dpg
-    csmask = cmask & (st < n)
+    bidx, ch, t, st, lane0, zero_l, cmask, csmask, row, bc_row, state_off = _program_tile(
+        d, L, n, dpg, n_groups, K, P, NL, S, BD
+    )
 
     # Padded channels and states get A = 0 and B = 0: decay 1, input 0, so they stay at zero.
     A2 = tl.load(A_ptr + ch * n + st, mask=csmask, other=0.0).to(tl.float32) * 1.4426950408889634
@@ -192,9 +235,6 @@ def _scan_fwd_kernel(
         bias = tl.load(bias_ptr + ch + zero_l, mask=cmask, other=0.0).to(tl.float32)
     if HAS_D:
         Dv = tl.load(D_ptr + ch + zero_l, mask=cmask, other=0.0).to(tl.float32)
-    row = (bidx * d + ch) * L + zero_l  # (b, c, 0) in u / delta / z / y, broadcast over state lanes
-    bc_row = (pid_bg * n + st) * L + zero_c  # (b, group, state, 0) in B / C, broadcast over channels
-    state_off = ch * n + st  # (c, state) inside one (d, n) slab
     # This program's segment of the length: chunks [k_lo, k_hi). int32, as the backward explains.
     pid_s = tl.program_id(2)
     k_lo, k_hi = _chunk_range(pid_s, seg_chunks, n_chunks, SEGMENTED)
@@ -314,37 +354,22 @@ def _scan_fwd_fix_kernel(
     with decaying states is usually well before the segment's end.
     """
     T: tl.constexpr = K * P
-    pid_c = tl.program_id(0).to(tl.int64)
-    pid_bg = tl.program_id(1).to(tl.int64)
-    bidx = pid_bg // n_groups
-    cg = pid_c * BD + tl.arange(0, BD)[None, None, :, None]
-    ch = (pid_bg % n_groups) * dpg + cg
-    t = tl.arange(0, T)[:, None, None, None]
-    st = tl.arange(0, NL)[None, :, None, None] * S + tl.arange(0, S)[None, None, None, :]
-    lane0 = tl.arange(0, NL)[None, :, None, None] == 0
-    zero_l = tl.zeros((1, NL, 1, 1), dtype=tl.int64)
-    zero_c = tl.zeros((1, 1, BD, 1), dtype=tl.int64)
-    cmask = cg < dpg
-    csmask = cmask & (st < n)
+    bidx, ch, t, st, lane0, zero_l, cmask, csmask, row, bc_row, state_off = _program_tile(
+        d, L, n, dpg, n_groups, K, P, NL, S, BD
+    )
     A2 = tl.load(A_ptr + ch * n + st, mask=csmask, other=0.0).to(tl.float32) * 1.4426950408889634
     if HAS_BIAS:
         bias = tl.load(bias_ptr + ch + zero_l, mask=cmask, other=0.0).to(tl.float32)
-    row = (bidx * d + ch) * L + zero_l
-    bc_row = (pid_bg * n + st) * L + zero_c
-    state_off = ch * n + st
     seg = tl.program_id(2) + 1
     seg_row = bidx * n_seg
     # The state entering this segment: segment 0 started from the initial state, so composing the
     # summaries of segments 0 .. seg - 1 gives it.
     h_in = tl.zeros((1, NL, BD, S), dtype=tl.float32)
-    for j in range(0, seg):
-        ds = tl.load(dtsum_ptr + (seg_row + j) * d + ch + zero_l, mask=cmask, other=0.0)
-        he = tl.load(hend_ptr + (seg_row + j) * d * n + state_off, mask=csmask, other=0.0)
-        h_in = tl.exp2(ds * A2) * h_in + he
+    args = (d, n, ch, zero_l, cmask, csmask, state_off)
+    h_in = _compose_segments(h_in, A2, dtsum_ptr, hend_ptr, seg_row, 0, seg, 1, *args)
     if seg == n_seg - 1:
-        ds = tl.load(dtsum_ptr + (seg_row + seg) * d + ch + zero_l, mask=cmask, other=0.0)
-        he = tl.load(hend_ptr + (seg_row + seg) * d * n + state_off, mask=csmask, other=0.0)
-        tl.store(last_ptr + bidx * d * n + state_off, tl.exp2(ds * A2) * h_in + he, mask=csmask)
+        last = _compose_segments(h_in, A2, dtsum_ptr, hend_ptr, seg_row, seg, 1, 1, *args)
+        tl.store(last_ptr + bidx * d * n + state_off, last, mask=csmask)
 
     bound = cutoff * tl.abs(h_in)
     c = h_in  # the entering state's part of the state at the start of chunk k
@@ -422,23 +447,16 @@ def _scan_bwd_kernel(
     BD: tl.constexpr,
 ):
     T: tl.constexpr = K * P
-    pid_c = tl.program_id(0).to(tl.int64)
-    pid_bg = tl.program_id(1).to(tl.int64)
-    bidx = pid_bg // n_groups
-    cg = pid_c * BD + tl.arange(0, BD)[None, None, :, None]
-    ch = (pid_bg % n_groups) * dpg + cg
-    t = tl.arange(0, T)[:, None, None, None]
+    bidx, ch, t, st, lane0, zero_l, cmask, csmask, row, bc_row, state_off = _program_tile(
+        d, L, n, dpg, n_groups, K, P, NL, S, BD
+    )
     # The same positions with the lanes in reverse order; reversing each lane's K positions in
     # registers (_rev_in_thread) then gives the chunk in reverse time order without moving data
     # between lanes.
     t_rev_lanes = (P - 1 - t // K) * K + t % K
-    st = tl.arange(0, NL)[None, :, None, None] * S + tl.arange(0, S)[None, None, None, :]
-    lane0 = tl.arange(0, NL)[None, :, None, None] == 0
-    zero_l = tl.zeros((1, NL, 1, 1), dtype=tl.int64)
-    zero_c = tl.zeros((1, 1, BD, 1), dtype=tl.int64)
-    cmask = cg < dpg
     smask = st < n
-    csmask = cmask & smask
+    pid_bg = tl.program_id(1).to(tl.int64)
+    bc_row1 = (pid_bg * n + st) * L  # (1, NL, 1, S): dB / dC rows, one atomic per (state, position)
 
     A = tl.load(A_ptr + ch * n + st, mask=csmask, other=0.0).to(tl.float32)
     A2 = A * 1.4426950408889634
@@ -446,10 +464,6 @@ def _scan_bwd_kernel(
         bias = tl.load(bias_ptr + ch + zero_l, mask=cmask, other=0.0).to(tl.float32)
     if HAS_D:
         Dv = tl.load(D_ptr + ch + zero_l, mask=cmask, other=0.0).to(tl.float32)
-    row = (bidx * d + ch) * L + zero_l
-    bc_row = (pid_bg * n + st) * L + zero_c
-    bc_row1 = (pid_bg * n + st) * L  # (1, NL, 1, S): dB / dC rows, one atomic per (state, position)
-    state_off = ch * n + st
 
     # This program's segment: chunks [k_lo, k_hi), walked in reverse. The chunk index stays int32 (the
     # positions derived from it are < L; offsets become int64 where they meet `row`): an int64 index made
@@ -472,11 +486,10 @@ def _scan_bwd_kernel(
             mu = tl.zeros((1, NL, BD, S), dtype=tl.float32)
         if SEGMENTED:
             # Pass 2: compose the summaries of the segments after this one, last first.
-            for jj in range(0, n_seg - 1 - pid_s):
-                j = n_seg - 1 - jj
-                ds = tl.load(dtsum_ptr + (seg_row + j) * d + ch + zero_l, mask=cmask, other=0.0)
-                me = tl.load(mend_ptr + (seg_row + j) * d * n + state_off, mask=csmask, other=0.0)
-                mu = tl.exp2(ds * A2) * mu + me
+            args = (d, n, ch, zero_l, cmask, csmask, state_off)
+            mu = _compose_segments(
+                mu, A2, dtsum_ptr, mend_ptr, seg_row, n_seg - 1, n_seg - 1 - pid_s, -1, *args
+            )
     # Sums over time, kept per lane (P rows) and added up across lanes once at the end.
     dA_acc = tl.zeros((P, NL, BD, S), dtype=tl.float32)
     dD_acc = tl.zeros((P, NL, BD, 1), dtype=tl.float32)
@@ -668,17 +681,28 @@ def _tiles(per_position: list[torch.Tensor], n: int) -> tuple[_Tile, _Tile]:
     return out[0], out[1]
 
 
-# Segmenting the length. With few (batch, channel) programs the GPU idles: batch 1 at 2^20 with
-# d = 512 is 512 one-warp backward programs on 132 SMs. The length is then cut into segments that run
-# side by side, at the price of a second pass (the module docstring says which), so it only pays when
-# the GPU would idle. H100, bf16, L = 2^20, fwd+bwd ms (benchmarks/kernel_notes.md, session 7, with the
-# forward's fix pass): d = 512: 80.8 unsegmented, 55.4 / 55.0 / 54.2 with 8 / 16 / 32 segments, 55.6
-# as chosen here (17); d = 256: 79.7, 30.7 / 28.7 / 28.0, 27.3 as chosen (33). d = 1536 (1,536 backward
-# warps) is faster unsegmented. 64 warps per SM gives 17 segments at d = 512 and 33 at d = 256.
-_SEGMENT_BELOW_WARPS_PER_SM = 4
-_WARPS_WANTED_PER_SM = 64
+# Segmenting the length. With few (batch, channel) programs the GPU idles or runs a thin last wave:
+# batch 1 at 2^20 with d = 512 is 512 one-warp backward programs on 132 SMs, and d = 1536 is 1,536
+# warps where 8 fit per SM (255 registers each), 1.45 waves. The length is then cut into segments that
+# run side by side, at the price of a second pass (the module docstring says which). H100, bf16,
+# L = 2^20, fwd+bwd ms (benchmarks/kernel_notes.md, session 8): d = 1536: 173-178 unsegmented,
+# 162 / 158 / 158 / 155 with 4 / 8 / 16 / 32 segments; d = 512: 79-81, 56 / 55 / 54-55 with 8 / 16 / 32;
+# d = 256: 76-80, 30.5 / 29.2 / 28.4. Before the forward's fix pass (session 7) the summary scan made
+# segmenting lose at d = 1536, so it was kept for fewer than 4 warps per SM. It does not pay at about two
+# full waves: batch 4 x d = 512 at 2^18 (15.5 warps per SM) trained 17-21% slower with 17 segments, so
+# the threshold sits at 1.5 waves of the backward's 8 resident warps per SM.
+_SEGMENT_BELOW_WARPS_PER_SM = 12
+_WARPS_WANTED_PER_SM = 256
 _MIN_CHUNKS_PER_SEGMENT = 8
-_MAX_SEGMENTS = 64
+_MAX_SEGMENTS = 32
+
+
+def segments_wanted(n_chunks: int, warps: int, sms: int) -> int:
+    """How many segments a GPU with ``sms`` SMs should cut ``n_chunks`` into for ``warps`` warps per segment."""
+    if warps >= _SEGMENT_BELOW_WARPS_PER_SM * sms:
+        return 1
+    want = min(math.ceil(_WARPS_WANTED_PER_SM * sms / warps), _MAX_SEGMENTS)
+    return max(1, min(want, n_chunks // _MIN_CHUNKS_PER_SEGMENT))
 
 
 def _segments(n_chunks: int, programs: int, num_warps: int, x: torch.Tensor) -> tuple[int, int]:
@@ -691,11 +715,7 @@ def _segments(n_chunks: int, programs: int, num_warps: int, x: torch.Tensor) -> 
         want = int(forced)
     elif x.is_cuda:
         sms = torch.cuda.get_device_properties(x.device).multi_processor_count
-        warps = programs * num_warps
-        want = 1
-        if warps < _SEGMENT_BELOW_WARPS_PER_SM * sms:
-            want = min(math.ceil(_WARPS_WANTED_PER_SM * sms / warps), _MAX_SEGMENTS)
-            want = min(want, n_chunks // _MIN_CHUNKS_PER_SEGMENT)
+        want = segments_wanted(n_chunks, programs * num_warps, sms)
     else:
         want = 1
     want = max(1, min(want, n_chunks))

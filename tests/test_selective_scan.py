@@ -296,6 +296,21 @@ def test_segment_choice(monkeypatch: pytest.MonkeyPatch) -> None:
     assert _segments(3, 4, 1, cpu) == (3, 1)  # never more segments than chunks
 
 
+def test_segments_wanted_on_an_h100() -> None:
+    # The built-in choice at 2^20 (16,384 chunks of 64) on 132 SMs, one warp per backward program:
+    # batch 1 segments at every model width (kernel_notes.md, session 8, has the timings behind it);
+    # a batch that gives 12 warps per SM or more runs unsegmented; short lengths keep >= 8 chunks each.
+    from mamba_dna.kernels.selective_scan_triton import segments_wanted
+
+    assert segments_wanted(16384, 1536, 132) == 22
+    assert segments_wanted(16384, 512, 132) == 32
+    assert segments_wanted(16384, 512 * 4, 132) == 1  # two full waves: segmenting cost 17-21% in training
+    assert segments_wanted(16384, 512 * 8, 132) == 1
+    assert segments_wanted(256, 512, 132) == 32
+    assert segments_wanted(64, 512, 132) == 8
+    assert segments_wanted(4, 512, 132) == 1
+
+
 @pytest.mark.parametrize("bwd_tile", [(8, 2, 1), (16, 2, 1, 168)], ids=["P8-NL2", "P16-NL2-maxnreg"])
 def test_backward_tile_alternatives(monkeypatch: pytest.MonkeyPatch, bwd_tile: tuple) -> None:
     # bench_kernels.py --tune times other backward tiles; each must give the built-in tile's numbers.
