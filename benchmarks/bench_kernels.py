@@ -311,13 +311,18 @@ def time_conv(b: int, d: int, L: int, dtype: torch.dtype) -> dict:
 
 
 # Tile alternatives (P, NL, num_warps[, maxnreg]) that --tune times at TUNE_D x TUNE_L, after checking
-# each at TUNE_CHECK = (batch, d, n, length) against the reference. A backward tile is paired with the
-# chosen forward tile, so it must cut the forward's chunk (K * P) into P lanes of at most K positions.
-# In the backward, (8, 4, 1) (built in since session 5) and (16, 2, 1) hold one channel per warp, which
-# ptxas fits in 255 registers without the spills of (8, 2, 1); the 168-register caps trade spills for a
-# third more resident warps. Earlier runs' alternatives and times are in kernel_notes.md.
-TUNE_FWD = [(8, 4, 4), (8, 2, 2)]
-TUNE_BWD = [(8, 2, 1), (8, 4, 1), (16, 2, 1), (8, 4, 1, 168), (16, 2, 1, 168)]
+# each at TUNE_CHECK = (batch, d, n, length) against the reference, keyed like TILES by the forward's K
+# (8 for bf16 / fp16, 4 for fp32). A backward tile is paired with the chosen forward tile, so it must cut
+# the forward's chunk (K * P) into P lanes of at most K positions. In the bf16 backward, (8, 4, 1) (built
+# in since session 5) and (16, 2, 1) hold one channel per warp, which ptxas fits in 255 registers without
+# the spills of (8, 2, 1); the 168-register caps trade spills for a third more resident warps. For fp32,
+# compile_scan.py --dtype fp32 gives the one-warp (8, 4, 1) 167 registers and no spills, against 255 and
+# 56 bytes of spills for the built-in 4-warp (8, 2, 4) (session 9, not timed yet). Times in kernel_notes.md.
+TUNE_FWD = {8: [(8, 4, 4), (8, 2, 2)], 4: [(8, 2, 4), (8, 4, 4), (8, 4, 2)]}
+TUNE_BWD = {
+    8: [(8, 2, 1), (8, 4, 1), (16, 2, 1), (8, 4, 1, 168), (16, 2, 1, 168)],
+    4: [(8, 2, 4), (8, 4, 1), (16, 2, 1), (8, 4, 2), (16, 2, 2)],
+}
 TUNE_CHECK, TUNE_D, TUNE_L = (2, 64, 16, 1000), 1536, 2**20
 
 
@@ -351,8 +356,8 @@ def tune(dtypes: list[torch.dtype], log: list[dict]) -> None:
         def fits(f: tuple, b: tuple, k: int = k) -> bool:
             return SST.positions_per_lane(k, f[0], b[0]) is not None
 
-        fwd = min(TUNE_FWD, key=lambda f: _trial(dtype, "fwd", (f, bwd0 if fits(f, bwd0) else f), log))
-        bwd = min((b for b in TUNE_BWD if fits(fwd, b)), key=lambda b: _trial(dtype, "bwd", (fwd, b), log))
+        fwd = min(TUNE_FWD[k], key=lambda f: _trial(dtype, "fwd", (f, bwd0 if fits(f, bwd0) else f), log))
+        bwd = min((b for b in TUNE_BWD[k] if fits(fwd, b)), key=lambda b: _trial(dtype, "bwd", (fwd, b), log))
         SST.TILES[k] = (fwd, bwd)
         print(f"  chosen for {str(dtype)[6:]}: TILES[{k}] = {SST.TILES[k]}")
         log.append({"chosen": str(dtype)[6:], "tiles": SST.TILES[k]})
@@ -361,11 +366,12 @@ def tune(dtypes: list[torch.dtype], log: list[dict]) -> None:
 def sweep_segments(spec: str, log: list[dict]) -> None:
     """Time the scan with the length cut into 1, 2, 4, ... segments and with the built-in choice."""
     for item in spec.split(","):
-        d, lg = (int(x) for x in item.split("x"))
+        d, lg, *dt = item.split("x")
+        d, lg, dtype = int(d), int(lg), DTYPES[dt[0] if dt else "bf16"]
         for seg in (1, 2, 4, 8, 16, 32, None):
             with forced_segments(seg):
-                row = {"segments": seg or "auto", "d": d, "log2L": lg}
-                row |= time_scan(SST.selective_scan_triton, 1, d, 16, 2**lg, torch.bfloat16)
+                row = {"segments": seg or "auto", "d": d, "log2L": lg, "dtype": str(dtype)[6:]}
+                row |= time_scan(SST.selective_scan_triton, 1, d, 16, 2**lg, dtype)
             log.append(row)
             print("  " + json.dumps({k: round(v, 3) if isinstance(v, float) else v for k, v in row.items()}))
             torch.cuda.empty_cache()
@@ -397,7 +403,8 @@ def main() -> None:
     ap.add_argument(
         "--segments",
         default="",
-        help="DxLOG2L list (e.g. 1536x20,512x20): time bf16 scans at forced length segmentations first",
+        help="DxLOG2L[xDTYPE] list (e.g. 1536x20,512x20,1536x20xfp32): time scans (bf16 unless named) "
+        "at forced length segmentations first",
     )
     ap.add_argument("--no-check", action="store_true", help="skip the correctness checks")
     ap.add_argument(
@@ -430,9 +437,6 @@ def main() -> None:
             print("checks:")
             check_scan(res["checks"])
             check_peers(res["checks"])
-        if args.segments:
-            print("length segmentation (bf16; fwd and fwd+bwd ms):")
-            sweep_segments(args.segments, res["segments"])
         if args.tune:
             print(
                 f"tile alternatives at d = {TUNE_D}, L = {TUNE_L} (fwd: forward ms; bwd: forward+backward ms):"
@@ -441,6 +445,9 @@ def main() -> None:
                 tune([DTYPES[x] for x in args.tune.split(",")], res["tune"])
             except Exception as e:
                 print(f"  tuning stopped: {e!r}; timing with the built-in choices")
+        if args.segments:
+            print("length segmentation (fwd and fwd+bwd ms):")
+            sweep_segments(args.segments, res["segments"])
         print("timing:")
         for dtype in dtypes:
             for lg in (int(x) for x in args.lengths.split(",")):

@@ -7,6 +7,7 @@ and assembled by ``ptxas -v``. Use the device's Triton version for numbers that 
     pip install --no-deps --target /tmp/t36 triton==3.6.0
     PYTHONPATH=/tmp/t36 python benchmarks/compile_scan.py --ptxas /usr/local/cuda/bin/ptxas
     PYTHONPATH=/tmp/t36 python benchmarks/compile_scan.py --segmented       # the segmented variants
+    PYTHONPATH=/tmp/t36 python benchmarks/compile_scan.py --dtype fp32 --bwd-tile 8,4,1
     PYTHONPATH=/tmp/t36 python benchmarks/compile_scan.py --file old_copy_of_selective_scan_triton.py
 
 With triton 3.6 this reproduces the device's counts (forward 224 registers, no spills).
@@ -46,8 +47,11 @@ FLOAT_ARGS = {"cutoff"}
 DIVISIBLE_ARGS = {"d", "L", "n", "dpg"}  # what the runtime's specialisation sees at d = 1536, L = 2^k
 
 
-def compile_one(kern, const: dict, ptxas: str, keep: Path | None) -> str:
-    """Compile one variant (constexprs plus num_warps / maxnreg from ``const``); ptxas's resource line."""
+def compile_one(kern, const: dict, ptxas: str, keep: Path | None, io: str = "bf16") -> str:
+    """Compile one variant (constexprs plus num_warps / maxnreg from ``const``); ptxas's resource line.
+
+    ``io`` is the element type of the per-position tensors (BF16_ARGS); the rest are fp32.
+    """
     const = dict(const)
     options = {"num_warps": const.pop("num_warps"), "maxnreg": const.pop("maxnreg", None)}
     names = list(inspect.signature(kern.fn).parameters)
@@ -55,7 +59,7 @@ def compile_one(kern, const: dict, ptxas: str, keep: Path | None) -> str:
     sig = {
         nm: "constexpr"
         if nm in const
-        else ("*bf16" if nm in BF16_ARGS else "*fp32")
+        else (f"*{io}" if nm in BF16_ARGS else "*fp32")
         if nm.endswith("_ptr")
         else "fp32"
         if nm in FLOAT_ARGS
@@ -102,36 +106,48 @@ def main() -> None:
         "--segmented", action="store_true", help="the variants that run when the length is segmented"
     )
     ap.add_argument("--keep", type=Path, default=None, help="directory to keep the .cubin files in")
+    ap.add_argument("--dtype", default="bf16", choices=["bf16", "fp32"], help="of u, delta, z, B, C, y")
+    ap.add_argument("--fwd-tile", default=None, help="the forward's P,NL,num_warps[,maxnreg] (as TILES)")
     ap.add_argument(
-        "--bwd-tile",
-        default=None,
-        help="the bf16 backward's P,NL,num_warps[,maxnreg] (as TILES), e.g. 16,2,1,168",
+        "--bwd-tile", default=None, help="the backward's P,NL,num_warps[,maxnreg] (as TILES), e.g. 16,2,1,168"
     )
     args = ap.parse_args()
     spec = importlib.util.spec_from_file_location("scan_under_test", args.file)
     mod = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(mod)
-    if args.bwd_tile:  # (P, NL, num_warps[, maxnreg]), as in TILES
-        mod.TILES[8] = (mod.TILES[8][0], tuple(int(v) for v in args.bwd_tile.split(",")))
-    ftile, btile = mod._tiles([torch.empty(0, dtype=torch.bfloat16)], 16)
+    dtype = {"bf16": torch.bfloat16, "fp32": torch.float32}[args.dtype]
+    k = 16 // dtype.itemsize
+    fwd_tile, bwd_tile = mod.TILES[k]
+    if args.fwd_tile:  # (P, NL, num_warps[, maxnreg]), as in TILES
+        fwd_tile = tuple(int(v) for v in args.fwd_tile.split(","))
+    if args.bwd_tile:
+        bwd_tile = tuple(int(v) for v in args.bwd_tile.split(","))
+    mod.TILES[k] = (fwd_tile, bwd_tile)
+    ftile, btile = mod._tiles([torch.empty(0, dtype=dtype)], 16)
     common = {"HAS_D": True, "HAS_Z": True, "HAS_BIAS": True, "SOFTPLUS": True, "FAST": True}
     common |= {"SEGMENTED": args.segmented, "SUMMARY": False}
     fwd = common | {"HAS_H0": False, "SAVE_STATES": True} | ftile.launch()
     bwd = common | {"HAS_DLAST": False} | btile.launch()
-    print(f"triton {triton.__version__}, {args.file}, segmented={args.segmented}")
-    print("  forward :", compile_one(mod._scan_fwd_kernel, fwd, args.ptxas, args.keep))
-    print("  backward:", compile_one(mod._scan_bwd_kernel, bwd, args.ptxas, args.keep))
+    print(
+        f"triton {triton.__version__}, {args.file}, {args.dtype}, TILES[{k}] = {mod.TILES[k]}, segmented={args.segmented}"
+    )
+    print("  forward :", compile_one(mod._scan_fwd_kernel, fwd, args.ptxas, args.keep, args.dtype))
+    print("  backward:", compile_one(mod._scan_bwd_kernel, bwd, args.ptxas, args.keep, args.dtype))
     if args.segmented:
         if hasattr(mod, "_scan_fwd_fix_kernel"):  # since session 7: pass 2 adds the entering state
-            print("  forward fix     :", compile_one(mod._scan_fwd_fix_kernel, fwd, args.ptxas, args.keep))
+            print(
+                "  forward fix     :",
+                compile_one(mod._scan_fwd_fix_kernel, fwd, args.ptxas, args.keep, args.dtype),
+            )
         else:  # older files: pass 1 is a summary-only variant of the forward kernel
             fwd_summary = fwd | {"SUMMARY": True, "SAVE_STATES": False}
             print(
-                "  forward summary :", compile_one(mod._scan_fwd_kernel, fwd_summary, args.ptxas, args.keep)
+                "  forward summary :",
+                compile_one(mod._scan_fwd_kernel, fwd_summary, args.ptxas, args.keep, args.dtype),
             )
         print(
             "  backward summary:",
-            compile_one(mod._scan_bwd_kernel, bwd | {"SUMMARY": True}, args.ptxas, args.keep),
+            compile_one(mod._scan_bwd_kernel, bwd | {"SUMMARY": True}, args.ptxas, args.keep, args.dtype),
         )
 
 
