@@ -31,7 +31,7 @@ from triton.backends.compiler import GPUTarget
 from triton.compiler import ASTSource
 
 ROOT = Path(__file__).resolve().parents[1]
-BF16_ARGS = {
+PER_POSITION_ARGS = {  # of the --dtype element type; every other pointer is fp32
     "u_ptr",
     "delta_ptr",
     "B_ptr",
@@ -50,7 +50,7 @@ DIVISIBLE_ARGS = {"d", "L", "n", "dpg"}  # what the runtime's specialisation see
 def compile_one(kern, const: dict, ptxas: str, keep: Path | None, io: str = "bf16") -> str:
     """Compile one variant (constexprs plus num_warps / maxnreg from ``const``); ptxas's resource line.
 
-    ``io`` is the element type of the per-position tensors (BF16_ARGS); the rest are fp32.
+    ``io`` is the element type of the per-position tensors (PER_POSITION_ARGS).
     """
     const = dict(const)
     options = {"num_warps": const.pop("num_warps"), "maxnreg": const.pop("maxnreg", None)}
@@ -59,7 +59,7 @@ def compile_one(kern, const: dict, ptxas: str, keep: Path | None, io: str = "bf1
     sig = {
         nm: "constexpr"
         if nm in const
-        else (f"*{io}" if nm in BF16_ARGS else "*fp32")
+        else (f"*{io}" if nm in PER_POSITION_ARGS else "*fp32")
         if nm.endswith("_ptr")
         else "fp32"
         if nm in FLOAT_ARGS
@@ -131,24 +131,19 @@ def main() -> None:
     print(
         f"triton {triton.__version__}, {args.file}, {args.dtype}, TILES[{k}] = {mod.TILES[k]}, segmented={args.segmented}"
     )
-    print("  forward :", compile_one(mod._scan_fwd_kernel, fwd, args.ptxas, args.keep, args.dtype))
-    print("  backward:", compile_one(mod._scan_bwd_kernel, bwd, args.ptxas, args.keep, args.dtype))
+
+    def build(kern, const: dict) -> str:
+        return compile_one(kern, const, args.ptxas, args.keep, args.dtype)
+
+    print("  forward :", build(mod._scan_fwd_kernel, fwd))
+    print("  backward:", build(mod._scan_bwd_kernel, bwd))
     if args.segmented:
         if hasattr(mod, "_scan_fwd_fix_kernel"):  # since session 7: pass 2 adds the entering state
-            print(
-                "  forward fix     :",
-                compile_one(mod._scan_fwd_fix_kernel, fwd, args.ptxas, args.keep, args.dtype),
-            )
+            print("  forward fix     :", build(mod._scan_fwd_fix_kernel, fwd))
         else:  # older files: pass 1 is a summary-only variant of the forward kernel
             fwd_summary = fwd | {"SUMMARY": True, "SAVE_STATES": False}
-            print(
-                "  forward summary :",
-                compile_one(mod._scan_fwd_kernel, fwd_summary, args.ptxas, args.keep, args.dtype),
-            )
-        print(
-            "  backward summary:",
-            compile_one(mod._scan_bwd_kernel, bwd | {"SUMMARY": True}, args.ptxas, args.keep, args.dtype),
-        )
+            print("  forward summary :", build(mod._scan_fwd_kernel, fwd_summary))
+        print("  backward summary:", build(mod._scan_bwd_kernel, bwd | {"SUMMARY": True}))
 
 
 if __name__ == "__main__":
