@@ -329,7 +329,7 @@ TUNE_CHECK, TUNE_D, TUNE_L = (2, 64, 16, 1000), 1536, 2**20
 
 def _trial(dtype: torch.dtype, which: str, tiles: tuple, log: list[dict]) -> float:
     """Check one (forward, backward) tile pair and time it; returns ms (inf when it fails the check)."""
-    k = 16 // torch.empty(0, dtype=dtype).element_size()
+    k = SST.tile_key(dtype)
     SST.TILES[k] = tiles
     row: dict[str, Any] = {"tune": which, "dtype": str(dtype)[6:], "tiles": tiles}
     try:
@@ -351,7 +351,7 @@ def _trial(dtype: torch.dtype, which: str, tiles: tuple, log: list[dict]) -> flo
 def tune(dtypes: list[torch.dtype], log: list[dict]) -> None:
     """Time the tile alternatives and keep the fastest pair for the rest of the run."""
     for dtype in dtypes:
-        k = 16 // torch.empty(0, dtype=dtype).element_size()
+        k = SST.tile_key(dtype)
         bwd0 = SST.TILES[k][1]
 
         def fits(f: tuple, b: tuple, k: int = k) -> bool:

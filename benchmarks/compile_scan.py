@@ -27,6 +27,7 @@ from pathlib import Path
 
 import torch
 import triton
+from mamba_dna.kernels.selective_scan_triton import tile_key  # the K rule, also for --file copies
 from triton.backends.compiler import GPUTarget
 from triton.compiler import ASTSource
 
@@ -116,7 +117,7 @@ def main() -> None:
     mod = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(mod)
     dtype = {"bf16": torch.bfloat16, "fp32": torch.float32}[args.dtype]
-    k = 16 // dtype.itemsize
+    k = tile_key(dtype)
     fwd_tile, bwd_tile = mod.TILES[k]
     if args.fwd_tile:  # (P, NL, num_warps[, maxnreg]), as in TILES
         fwd_tile = tuple(int(v) for v in args.fwd_tile.split(","))

@@ -662,9 +662,14 @@ def positions_per_lane(k: int, p_forward: int, p: int) -> int | None:
     return kk if kk * p == chunk and 1 <= kk <= k else None
 
 
+def tile_key(dtype: torch.dtype) -> int:
+    """The ``TILES`` key for per-position tensors of ``dtype``: positions in 16 bytes (8 bf16, 4 fp32)."""
+    return 16 // dtype.itemsize
+
+
 def _tiles(per_position: list[torch.Tensor], n: int) -> tuple[_Tile, _Tile]:
     """Forward and backward tiles for the tensors read once per position and state size ``n``."""
-    k = 16 // max(x.element_size() for x in per_position)
+    k = min(tile_key(x.dtype) for x in per_position)  # the widest input sets K
     n_pad = 1 << max(0, math.ceil(math.log2(max(n, 1))))
     chunk = k * TILES[k][0][0]
     out = []
