@@ -364,15 +364,38 @@ def tune(dtypes: list[torch.dtype], log: list[dict]) -> None:
         log.append({"chosen": str(dtype)[6:], "tiles": SST.TILES[k]})
 
 
+@contextlib.contextmanager
+def chosen_segments():
+    """Record (kernel, resident programs per SM, segments) for each launch the scan plans."""
+    seen: list[str] = []
+    plan = SST._segments
+
+    def recording(n_chunks, programs, num_warps, x, unsegmented=None):
+        out = plan(n_chunks, programs, num_warps, x, unsegmented)
+        if unsegmented is not None:
+            kernel, args, kwargs = unsegmented
+            per_sm = SST._per_sm(kernel, args, kwargs, num_warps, x)
+            seen.append(f"{kernel.fn.__name__}: {programs} programs, {per_sm}/SM -> {out[0]} segments")
+        return out
+
+    SST._segments = recording
+    try:
+        yield seen
+    finally:
+        SST._segments = plan
+
+
 def sweep_segments(spec: str, log: list[dict]) -> None:
     """Time the scan with the length cut into 1, 2, 4, ... segments and with the built-in choice."""
     for item in spec.split(","):
         d, lg, *dt = item.split("x")
         d, lg, dtype = int(d), int(lg), DTYPES[dt[0] if dt else "bf16"]
         for seg in (1, 2, 4, 8, 16, 32, None):
-            with forced_segments(seg):
+            with forced_segments(seg), chosen_segments() as chosen:
                 row = {"segments": seg or "auto", "d": d, "log2L": lg, "dtype": str(dtype)[6:]}
                 row |= time_scan(SST.selective_scan_triton, 1, d, 16, 2**lg, dtype)
+            if seg is None:  # what the built-in rule picked: forward, then backward
+                row["chosen"] = list(dict.fromkeys(chosen))
             log.append(row)
             print("  " + json.dumps({k: round(v, 3) if isinstance(v, float) else v for k, v in row.items()}))
             torch.cuda.empty_cache()

@@ -686,41 +686,121 @@ def _tiles(per_position: list[torch.Tensor], n: int) -> tuple[_Tile, _Tile]:
     return out[0], out[1]
 
 
-# Segmenting the length. With few (batch, channel) programs the GPU idles or runs a thin last wave:
-# batch 1 at 2^20 with d = 512 is 512 one-warp backward programs on 132 SMs, and d = 1536 is 1,536
-# warps where 8 fit per SM (255 registers each), 1.45 waves. The length is then cut into segments that
-# run side by side, at the price of a second pass (the module docstring says which). H100, bf16,
-# L = 2^20, fwd+bwd ms (benchmarks/kernel_notes.md, session 8): d = 1536: 173-178 unsegmented,
-# 162 / 158 / 158 / 155 with 4 / 8 / 16 / 32 segments; d = 512: 79-81, 56 / 55 / 54-55 with 8 / 16 / 32;
-# d = 256: 76-80, 30.5 / 29.2 / 28.4. Before the forward's fix pass (session 7) the summary scan made
-# segmenting lose at d = 1536, so it was kept for fewer than 4 warps per SM. It does not pay at about two
-# full waves: batch 4 x d = 512 at 2^18 (15.5 warps per SM) trained 17-21% slower with 17 segments, so
-# the threshold sits at 1.5 waves of the backward's 8 resident warps per SM.
-_SEGMENT_BELOW_WARPS_PER_SM = 12
+# Segmenting the length. With few (batch, channel) programs the GPU idles or runs a thin last wave, so the
+# length is then cut into segments that run side by side, at the price of a second pass (the module
+# docstring says which). Whether the last wave is thin depends on how many programs an SM holds, which the
+# compiled kernel's registers decide: the unsegmented kernel is compiled (``warmup``) and its occupancy
+# counted. H100, L = 2^20, fwd+bwd ms (benchmarks/kernel_notes.md, sessions 8 and 10): bf16 d = 1536, 8
+# resident one-warp backward programs per SM (255 registers), 1.45 waves: 173-178 unsegmented, 155-162
+# segmented. d = 512 (0.48 waves): 79-81 -> 54-56; d = 256: 76-80 -> 28-31. fp32 d = 1536: the backward
+# holds 12 per SM (167 registers), 0.97 waves, and ran faster unsegmented (139.8 ms against 152.0 with its
+# backward segmented as well); the fp32 forward (0.73 waves) 37.6 -> 28.4 ms segmented. Training's batch 4
+# x d = 512 at 2^18 (1.94 waves) was 17-21% slower with 17 segments. So: segment when the last wave is less
+# than 85% full and there are under two waves.
+_FULL_WAVES = 2.0
+_FULL_LAST_WAVE = 0.85
 _WARPS_WANTED_PER_SM = 256
 _MIN_CHUNKS_PER_SEGMENT = 8
 _MAX_SEGMENTS = 32
+_MAX_BLOCKS_PER_SM = 32  # sm_80 and sm_90; torch does not report it
+_REG_ALLOC_UNIT = 256  # registers are given to a warp in units of 256
+_SHARED_PER_BLOCK_RESERVED = 1024  # the driver's own shared memory per resident block
+_ASSUMED_WARPS_PER_SM = 8  # when the compiled kernel cannot be asked (the session 8 backward's count)
 
 
-def segments_wanted(n_chunks: int, warps: int, sms: int) -> int:
-    """How many segments a GPU with ``sms`` SMs should cut ``n_chunks`` into for ``warps`` warps per segment."""
-    if warps >= _SEGMENT_BELOW_WARPS_PER_SM * sms:
+class SMLimits(NamedTuple):
+    """What one streaming multiprocessor holds (H100 values by default)."""
+
+    regs: int = 65536
+    warps: int = 64
+    shared: int = 233472
+
+    @classmethod
+    def of(cls, props: object) -> SMLimits:
+        """From ``torch.cuda.get_device_properties``; a field it lacks keeps the H100 value."""
+        d = cls()
+        threads = getattr(props, "max_threads_per_multi_processor", 32 * d.warps)
+        return cls(
+            getattr(props, "regs_per_multiprocessor", d.regs),
+            threads // 32,
+            getattr(props, "shared_memory_per_multiprocessor", d.shared),
+        )
+
+
+def resident_blocks(n_regs: int, shared: int, num_warps: int, sm: SMLimits = SMLimits()) -> int:
+    """How many programs of ``num_warps`` warps, ``n_regs`` registers per thread and ``shared`` bytes of
+    shared memory one SM runs at once (the CUDA occupancy calculator's rule)."""
+    warp_regs = math.ceil(max(n_regs, 1) * 32 / _REG_ALLOC_UNIT) * _REG_ALLOC_UNIT
+    by_regs = (sm.regs // warp_regs) // num_warps
+    by_shared = sm.shared // (shared + _SHARED_PER_BLOCK_RESERVED)
+    return max(1, min(by_regs, sm.warps // num_warps, by_shared, _MAX_BLOCKS_PER_SM))
+
+
+def segments_wanted(n_chunks: int, programs: int, num_warps: int, per_sm: int, sms: int) -> int:
+    """Segments to cut ``n_chunks`` into for ``programs`` programs of ``num_warps`` warps per segment, on
+    ``sms`` SMs that each hold ``per_sm`` of them at once."""
+    waves = programs / (per_sm * sms)
+    if waves >= _FULL_WAVES or waves / math.ceil(waves) >= _FULL_LAST_WAVE:
         return 1
-    want = min(math.ceil(_WARPS_WANTED_PER_SM * sms / warps), _MAX_SEGMENTS)
+    want = min(math.ceil(_WARPS_WANTED_PER_SM * sms / (programs * num_warps)), _MAX_SEGMENTS)
     return max(1, min(want, n_chunks // _MIN_CHUNKS_PER_SEGMENT))
 
 
-def _segments(n_chunks: int, programs: int, num_warps: int, x: torch.Tensor) -> tuple[int, int]:
+_PER_SM: dict[tuple, int] = {}
+
+
+def _spec(a: object) -> object:
+    """What triton specialises a launch argument on (tensors: dtype and 16-byte alignment; ints: == 1
+    and divisibility by 16), so equal keys give the same compiled kernel."""
+    if isinstance(a, torch.Tensor):
+        return a.dtype, a.data_ptr() % 16 == 0
+    if isinstance(a, bool) or not isinstance(a, int):
+        return a
+    return a == 1, a % 16 == 0
+
+
+def _per_sm(kernel: triton.JITFunction, args: tuple, kwargs: dict, num_warps: int, x: torch.Tensor) -> int:
+    """Resident programs per SM of ``kernel`` compiled for this launch, cached per specialisation."""
+    key = (kernel.fn.__name__, x.device.index, *map(_spec, args), *sorted(kwargs.items()))
+    if key not in _PER_SM:
+        compiled = kernel.warmup(*args, grid=(1,), **kwargs)
+        compiled = compiled.result() if hasattr(compiled, "result") else compiled  # async compile mode
+        try:  # triton's CompiledKernel internals: a version without them gets the assumed count
+            compiled._init_handles()
+            n_regs, shared = compiled.n_regs, compiled.metadata.shared
+        except AttributeError:
+            n_regs = None
+        if not n_regs:
+            _PER_SM[key] = max(1, _ASSUMED_WARPS_PER_SM // num_warps)
+        else:
+            sm = SMLimits.of(torch.cuda.get_device_properties(x.device))
+            _PER_SM[key] = resident_blocks(n_regs, shared, num_warps, sm)
+    return _PER_SM[key]
+
+
+def _segments(
+    n_chunks: int,
+    programs: int,
+    num_warps: int,
+    x: torch.Tensor,
+    unsegmented: tuple[triton.JITFunction, tuple, dict] | None = None,
+) -> tuple[int, int]:
     """(segments, chunks per segment) for a launch of ``programs`` programs per segment.
 
-    ``MAMBA_DNA_SCAN_SEGMENTS=N`` forces N (tests use it to run the segmented path on the interpreter).
+    ``unsegmented`` is (kernel, args, keyword args) of the one-segment launch, whose compiled registers
+    say how many programs an SM holds. ``MAMBA_DNA_SCAN_SEGMENTS=N`` forces N (tests use it to run the
+    segmented path on the interpreter).
     """
     forced = os.environ.get("MAMBA_DNA_SCAN_SEGMENTS")
     if forced:
         want = int(forced)
     elif x.is_cuda:
         sms = torch.cuda.get_device_properties(x.device).multi_processor_count
-        want = segments_wanted(n_chunks, programs * num_warps, sms)
+        if unsegmented is None:
+            per_sm = max(1, _ASSUMED_WARPS_PER_SM // num_warps)
+        else:
+            per_sm = _per_sm(*unsegmented, num_warps, x)
+        want = segments_wanted(n_chunks, programs, num_warps, per_sm, sms)
     else:
         want = 1
     want = max(1, min(want, n_chunks))
@@ -769,24 +849,35 @@ class _SelectiveScanFn(torch.autograd.Function):
         tile, _ = _tiles([x for x in (u, delta, z, B4, C4) if x is not None], n)
         n_chunks = triton.cdiv(L, tile.K * tile.P)
         save = any(ctx.needs_input_grad[:9])
+        f32 = {"device": u.device, "dtype": torch.float32}
         y = torch.empty_like(u)
-        last = torch.empty(batch, d, n, device=u.device, dtype=torch.float32)
+        last = torch.empty(batch, d, n, **f32)
         # The state entering each chunk, (batch, n_chunks, d, n) so a program writes contiguous runs.
-        states = torch.empty(batch, n_chunks if save else 0, d, n, device=u.device, dtype=torch.float32)
+        states = torch.empty(batch, n_chunks if save else 0, d, n, **f32)
         dpg = d // n_groups
         grid = (triton.cdiv(dpg, tile.BD), batch * n_groups)
-        n_seg, seg_chunks = _segments(n_chunks, grid[0] * grid[1], tile.num_warps, u)
-        hend = torch.empty(batch, n_seg, d, n, device=u.device, dtype=torch.float32)
-        dtsum = torch.empty(batch, n_seg, d, device=u.device, dtype=torch.float32)
         common = dict(
             HAS_Z=z is not None, HAS_BIAS=delta_bias is not None, SOFTPLUS=bool(delta_softplus),
             SAVE_STATES=save, FAST=_fast(u), **tile.launch(),
         )  # fmt: skip
+        kw = dict(HAS_D=D is not None, HAS_H0=h0 is not None, **common)
+
+        def seg_buffers(n_seg: int) -> tuple[torch.Tensor, torch.Tensor]:  # (h_end, sum dt) per segment
+            return torch.empty(batch, n_seg, d, n, **f32), torch.empty(batch, n_seg, d, **f32)
+
+        def main_args(hend: torch.Tensor, dtsum: torch.Tensor, n_seg: int, seg_chunks: int) -> tuple:
+            return (
+                u, delta, A32, B4, C4, D32, z, bias32, h0, y, last, states, hend, dtsum,
+                d, L, n, dpg, n_groups, n_chunks, n_seg, seg_chunks,
+            )  # fmt: skip
+
+        bufs = seg_buffers(1)
+        one = (_scan_fwd_kernel, main_args(*bufs, 1, n_chunks), {**kw, "SEGMENTED": False})
+        n_seg, seg_chunks = _segments(n_chunks, grid[0] * grid[1], tile.num_warps, u, one)
+        hend, dtsum = bufs if n_seg == 1 else seg_buffers(n_seg)
         _scan_fwd_kernel[(*grid, n_seg)](
-            u, delta, A32, B4, C4, D32, z, bias32, h0, y, last, states, hend, dtsum,
-            d, L, n, dpg, n_groups, n_chunks, n_seg, seg_chunks,
-            HAS_D=D is not None, HAS_H0=h0 is not None, SEGMENTED=n_seg > 1, **common,
-        )  # fmt: skip
+            *main_args(hend, dtsum, n_seg, seg_chunks), SEGMENTED=n_seg > 1, **kw
+        )
         if n_seg > 1:
             _scan_fwd_fix_kernel[(*grid, n_seg - 1)](
                 delta, A32, C4, z, bias32, y, last, states, hend, dtsum,
@@ -814,30 +905,51 @@ class _SelectiveScanFn(torch.autograd.Function):
         _, tile = _tiles([x for x in (u, delta, z, B4, C4) if x is not None], n)
         n_chunks = states.shape[1]
         grid = (triton.cdiv(dpg, tile.BD), batch * n_groups)
-        n_seg, seg_chunks = _segments(n_chunks, grid[0] * grid[1], tile.num_warps, u)
         du = torch.empty_like(u)
         ddelta = torch.empty_like(delta)
         dz = torch.empty_like(z) if z is not None else None
         f32 = {"device": u.device, "dtype": torch.float32}
-        # Sums over time come back per (batch, segment) and are added up here, in a fixed order.
-        dA = torch.empty(batch, n_seg, d, n, **f32)
         dB = torch.zeros(B4.shape, **f32)  # atomics accumulate here
         dC = torch.zeros(C4.shape, **f32)
-        dD = torch.empty(batch, n_seg, d, **f32) if D is not None else None
-        dbias = torch.empty(batch, n_seg, d, **f32) if delta_bias is not None else None
         dh0 = torch.empty(batch, d, n, **f32)
-        mend = torch.empty(batch, n_seg, d, n, **f32)
-        dtsum = torch.empty(batch, n_seg, d, **f32)
-        for summary in [True, False] if n_seg > 1 else [False]:
-            # The summary pass skips the first segment: no segment before it needs its summary.
-            _scan_bwd_kernel[(*grid, n_seg - 1 if summary else n_seg)](
+        kw = dict(
+            HAS_D=D is not None, HAS_Z=z is not None, HAS_BIAS=delta_bias is not None,
+            SOFTPLUS=softplus, HAS_DLAST=dlast is not None, FAST=_fast(u), **tile.launch(),
+        )  # fmt: skip
+
+        def seg_buffers(n_seg: int) -> tuple[torch.Tensor | None, ...]:
+            # Sums over time come back per (batch, segment) and are added up here, in a fixed order:
+            # dA, dD, d(delta_bias), then each segment's adjoint summary (mu_end, sum dt).
+            return (
+                torch.empty(batch, n_seg, d, n, **f32),
+                torch.empty(batch, n_seg, d, **f32) if D is not None else None,
+                torch.empty(batch, n_seg, d, **f32) if delta_bias is not None else None,
+                torch.empty(batch, n_seg, d, n, **f32),
+                torch.empty(batch, n_seg, d, **f32),
+            )
+
+        def main_args(dA, dD, dbias, mend, dtsum, n_seg: int, seg_chunks: int, summary: bool) -> tuple:
+            return (
                 u, delta, A32, B4, C4, D32, z, bias32, states, dy, dlast,
                 du, ddelta, dz, dA, dB, dC, dD, dbias, dh0, mend, dtsum,
                 d, L, n, dpg, n_groups, n_chunks, n_seg, seg_chunks, 1 if summary else 0,
-                HAS_D=D is not None, HAS_Z=z is not None, HAS_BIAS=delta_bias is not None,
-                SOFTPLUS=softplus, HAS_DLAST=dlast is not None, SEGMENTED=n_seg > 1, SUMMARY=summary,
-                FAST=_fast(u), **tile.launch(),
             )  # fmt: skip
+
+        bufs = seg_buffers(1)
+        one = (
+            _scan_bwd_kernel,
+            main_args(*bufs, 1, n_chunks, False),
+            {**kw, "SEGMENTED": False, "SUMMARY": False},
+        )
+        n_seg, seg_chunks = _segments(n_chunks, grid[0] * grid[1], tile.num_warps, u, one)
+        if n_seg > 1:
+            bufs = seg_buffers(n_seg)
+        dA, dD, dbias = bufs[:3]
+        for summary in [True, False] if n_seg > 1 else [False]:
+            # The summary pass skips the first segment: no segment before it needs its summary.
+            _scan_bwd_kernel[(*grid, n_seg - 1 if summary else n_seg)](
+                *main_args(*bufs, n_seg, seg_chunks, summary), SEGMENTED=n_seg > 1, SUMMARY=summary, **kw
+            )
         dB = dB.squeeze(1) if b_was_3d else dB
         dC = dC.squeeze(1) if c_was_3d else dC
         return (

@@ -296,19 +296,52 @@ def test_segment_choice(monkeypatch: pytest.MonkeyPatch) -> None:
     assert _segments(3, 4, 1, cpu) == (3, 1)  # never more segments than chunks
 
 
+def test_resident_programs_per_sm_on_an_h100() -> None:
+    # Registers go to a warp in units of 256, 65,536 per SM, at most 64 warps: the register counts
+    # compile_scan reports for the built-in tiles (kernel_notes.md) and what an SM holds of each.
+    from mamba_dna.kernels.selective_scan_triton import SMLimits, resident_blocks
+
+    assert resident_blocks(255, 0, 1) == 8  # bf16 backward
+    assert resident_blocks(224, 0, 4) == 2  # bf16 forward: 9 warps' registers, two 4-warp programs
+    assert resident_blocks(167, 0, 1) == 12  # fp32 backward
+    assert resident_blocks(128, 0, 2) == 8  # fp32 forward
+    assert resident_blocks(32, 0, 1) == 32  # the 32-block limit, not the 64 warps
+    assert resident_blocks(32, 0, 4) == 16  # the 64-warp limit
+    assert resident_blocks(64, 100_000, 1) == 2  # shared memory, with 1 KiB reserved per program
+    assert resident_blocks(255, 0, 1, SMLimits(regs=32768)) == 4
+
+
+class _Props:  # what torch.cuda.get_device_properties gives, without a GPU
+    regs_per_multiprocessor = 65536
+    max_threads_per_multi_processor = 1536
+    shared_memory_per_multiprocessor = 102400
+
+
+def test_sm_limits_from_device_properties() -> None:
+    from mamba_dna.kernels.selective_scan_triton import SMLimits
+
+    assert SMLimits.of(_Props()) == SMLimits(65536, 48, 102400)
+    assert SMLimits.of(object()) == SMLimits()  # a torch without the fields: the H100's
+
+
 def test_segments_wanted_on_an_h100() -> None:
-    # The built-in choice at 2^20 (16,384 chunks of 64) on 132 SMs, one warp per backward program:
-    # batch 1 segments at every model width (kernel_notes.md, session 8, has the timings behind it);
-    # a batch that gives 12 warps per SM or more runs unsegmented; short lengths keep >= 8 chunks each.
+    # The built-in choice at 2^20 (16,384 chunks) on 132 SMs (kernel_notes.md, sessions 8 and 10, has the
+    # timings behind it): segment when under two waves leave the last one less than 85% full, aiming at
+    # 256 warps per SM; short lengths keep >= 8 chunks per segment.
     from mamba_dna.kernels.selective_scan_triton import segments_wanted
 
-    assert segments_wanted(16384, 1536, 132) == 22
-    assert segments_wanted(16384, 512, 132) == 32
-    assert segments_wanted(16384, 512 * 4, 132) == 1  # two full waves: segmenting cost 17-21% in training
-    assert segments_wanted(16384, 512 * 8, 132) == 1
-    assert segments_wanted(256, 512, 132) == 32
-    assert segments_wanted(64, 512, 132) == 8
-    assert segments_wanted(4, 512, 132) == 1
+    assert segments_wanted(16384, 1536, 1, 8, 132) == 22  # bf16 backward, d 1536: 1.45 waves
+    assert segments_wanted(16384, 384, 4, 2, 132) == 22  # bf16 forward, 4 channels a program: 1.45 waves
+    assert segments_wanted(16384, 1536, 1, 12, 132) == 1  # fp32 backward: 0.97 waves, faster whole
+    assert segments_wanted(16384, 768, 2, 8, 132) == 22  # fp32 forward: 0.73 waves
+    assert segments_wanted(16384, 512, 1, 8, 132) == 32  # d 512: 0.48 waves
+    assert segments_wanted(16384, 512 * 4, 1, 8, 132) == 1  # 1.94 waves: segmenting cost 17-21% in training
+    assert segments_wanted(16384, 512 * 8, 1, 8, 132) == 1
+    assert segments_wanted(16384, 950, 1, 8, 132) == 1  # 0.90 waves
+    assert segments_wanted(16384, 850, 1, 8, 132) == 32  # 0.80 waves
+    assert segments_wanted(256, 512, 1, 8, 132) == 32
+    assert segments_wanted(64, 512, 1, 8, 132) == 8
+    assert segments_wanted(4, 512, 1, 8, 132) == 1
 
 
 @pytest.mark.parametrize("bwd_tile", [(8, 2, 1), (16, 2, 1, 168)], ids=["P8-NL2", "P16-NL2-maxnreg"])
