@@ -44,10 +44,11 @@ dB and dC sum over channels: each program reduces its channels and adds the (T, 
 buffer with relaxed atomics (so dB and dC are not bitwise deterministic; every other gradient is).
 dA, dD and d(delta_bias) are per-batch partial sums that the host adds up.
 
-Segments: with batch 1 there are too few programs to fill the GPU evenly, so the length is
-then also cut into segments that run in parallel (``_segments`` decides; ``SEGMENTED``). Because A does
-not depend on the position, a segment maps h -> exp(A sum dt) h + h_end, with h_end its end state from
-a zero start, and the adjoint mu composes the same way backwards. Forward: pass 1 runs every segment
+Segments: with batch 1 there may be too few programs to fill the GPU evenly (how many an SM holds is
+counted from the compiled kernel's registers), so the length is then also cut into segments that run in
+parallel (``_segments`` decides; ``SEGMENTED``). Because A does not depend on the position, a segment
+maps h -> exp(A sum dt) h + h_end, with h_end its end state from a zero start, and the adjoint mu
+composes the same way backwards. Forward: pass 1 runs every segment
 from zero (the first from the initial state) and writes its (h_end, sum dt); pass 2
 (``_scan_fwd_fix_kernel``) composes the summaries before each segment into its entering state h_in and
 adds exp(A s_t) h_in to the outputs and saved states, stopping once that factor has decayed below 2^-30,
@@ -65,6 +66,7 @@ from __future__ import annotations
 
 import math
 import os
+import warnings
 from typing import NamedTuple
 
 import torch
@@ -763,12 +765,19 @@ def _per_sm(kernel: triton.JITFunction, args: tuple, kwargs: dict, num_warps: in
     """Resident programs per SM of ``kernel`` compiled for this launch, cached per specialisation."""
     key = (kernel.fn.__name__, x.device.index, *map(_spec, args), *sorted(kwargs.items()))
     if key not in _PER_SM:
-        compiled = kernel.warmup(*args, grid=(1,), **kwargs)
-        compiled = compiled.result() if hasattr(compiled, "result") else compiled  # async compile mode
-        try:  # triton's CompiledKernel internals: a version without them gets the assumed count
+        # The probe only plans the launch, through CompiledKernel internals that triton may change: if
+        # it fails, the scan still runs, with the assumed count (a real compile error recurs at launch).
+        try:
+            compiled = kernel.warmup(*args, grid=(1,), **kwargs)
+            compiled = compiled.result() if hasattr(compiled, "result") else compiled  # async compile mode
             compiled._init_handles()
             n_regs, shared = compiled.n_regs, compiled.metadata.shared
-        except AttributeError:
+        except Exception as e:
+            warnings.warn(
+                f"could not read the scan kernel's registers ({e!r}); "
+                f"planning for {_ASSUMED_WARPS_PER_SM} resident warps per SM",
+                stacklevel=3,
+            )
             n_regs = None
         if not n_regs:
             _PER_SM[key] = max(1, _ASSUMED_WARPS_PER_SM // num_warps)
