@@ -48,13 +48,13 @@ Segments: with batch 1 there may be too few programs to fill the GPU evenly (how
 counted from the compiled kernel's registers), so the length is then also cut into segments that run in
 parallel (``_segments`` decides; ``SEGMENTED``). Because A does not depend on the position, a segment
 maps h -> exp(A sum dt) h + h_end, with h_end its end state from a zero start, and the adjoint mu
-composes the same way backwards. Forward: pass 1 runs every segment
-from zero (the first from the initial state) and writes its (h_end, sum dt); pass 2
-(``_scan_fwd_fix_kernel``) composes the summaries before each segment into its entering state h_in and
-adds exp(A s_t) h_in to the outputs and saved states, stopping once that factor has decayed below 2^-30,
-so the second pass is one exponential per element over (usually) a fraction of the segment instead of
-a second scan. Backward: a first launch (``SUMMARY``) gives each segment's adjoint summary, and the main
-launch composes the summaries after its own segment, then runs its chunks as above.
+composes the same way backwards. Forward: pass 1 runs every segment from zero (the first from the
+initial state) and writes its (h_end, sum dt); pass 2 (``_scan_fwd_fix_kernel``) composes the summaries
+before each segment into its entering state h_in and adds exp(A s_t) h_in to the outputs and saved
+states, stopping once that factor has decayed below 2^-30, so the second pass is one exponential per
+element over (usually) a fraction of the segment instead of a second scan. Backward: a first launch
+(``SUMMARY``) gives each segment's adjoint summary, and the main launch composes the summaries after its
+own segment, then runs its chunks as above.
 
 Offsets: every pointer offset is computed in int64, starting from program ids converted with
 ``.to(tl.int64)``; positions within the length stay int32 (they are < L). At length 2^20 a
