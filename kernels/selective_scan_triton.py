@@ -751,6 +751,11 @@ def segments_wanted(n_chunks: int, programs: int, num_warps: int, per_sm: int, s
 _PER_SM: dict[tuple, int] = {}
 
 
+def _assumed_per_sm(num_warps: int) -> int:
+    """Resident programs per SM when the compiled kernel cannot be asked."""
+    return max(1, _ASSUMED_WARPS_PER_SM // num_warps)
+
+
 def _spec(a: object) -> object:
     """What triton specialises a launch argument on (tensors: dtype and 16-byte alignment; ints: == 1
     and divisibility by 16), so equal keys give the same compiled kernel."""
@@ -780,7 +785,7 @@ def _per_sm(kernel: triton.JITFunction, args: tuple, kwargs: dict, num_warps: in
             )
             n_regs = None
         if not n_regs:
-            _PER_SM[key] = max(1, _ASSUMED_WARPS_PER_SM // num_warps)
+            _PER_SM[key] = _assumed_per_sm(num_warps)
         else:
             sm = SMLimits.of(torch.cuda.get_device_properties(x.device))
             _PER_SM[key] = resident_blocks(n_regs, shared, num_warps, sm)
@@ -805,10 +810,7 @@ def _segments(
         want = int(forced)
     elif x.is_cuda:
         sms = torch.cuda.get_device_properties(x.device).multi_processor_count
-        if unsegmented is None:
-            per_sm = max(1, _ASSUMED_WARPS_PER_SM // num_warps)
-        else:
-            per_sm = _per_sm(*unsegmented, num_warps, x)
+        per_sm = _per_sm(*unsegmented, num_warps, x) if unsegmented else _assumed_per_sm(num_warps)
         want = segments_wanted(n_chunks, programs, num_warps, per_sm, sms)
     else:
         want = 1
